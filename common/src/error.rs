@@ -1,0 +1,70 @@
+//! The error kinds both adapters share, and the one SQLSTATE classification.
+
+/// What went wrong with a lock call, independent of the driver.
+///
+/// Both adapters turn a database error into their own `Error` through [`classify_sqlstate`], so the
+/// same server answer is the same error variant in `sqlx-advisory` and `diesel-advisory`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The server-side `lock_timeout` expired (SQLSTATE `55P03`, lock_not_available).
+    Timeout,
+    /// The server broke a deadlock by failing this wait (SQLSTATE `40P01`).
+    Deadlock,
+    /// The shared lock table is full (SQLSTATE `53200`, "out of shared memory"; raise
+    /// `max_locks_per_transaction` or hold fewer locks).
+    LockTableFull,
+    /// A transaction-level lock was requested outside a transaction.
+    NotInTransaction,
+    /// `release` was called but the server says the session did not hold the lock.
+    NotHeld,
+    /// The connection to the server was lost or the session was terminated (SQLSTATE class `08`,
+    /// `57P01`–`57P05`); every session lock of that connection is gone with it.
+    ConnectionLost,
+}
+
+impl ErrorKind {
+    /// A one-line description a user can act on.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timed out waiting for the advisory lock (lock_timeout)",
+            ErrorKind::Deadlock => {
+                "deadlock detected while waiting for the advisory lock; the server aborted this wait"
+            }
+            ErrorKind::LockTableFull => {
+                "the server's lock table is full (out of shared memory): release locks or raise max_locks_per_transaction"
+            }
+            ErrorKind::NotInTransaction => {
+                "transaction-level advisory lock requested outside a transaction (it would be released immediately); call it inside a transaction"
+            }
+            ErrorKind::NotHeld => {
+                "the server says this session did not hold the advisory lock being released"
+            }
+            ErrorKind::ConnectionLost => {
+                "the connection to the server was lost; every lock held by it has been released by the server"
+            }
+        }
+    }
+}
+
+/// Map a PostgreSQL SQLSTATE to the lock failure it means, or `None` for any other error.
+///
+/// ```
+/// use advisory_common::{classify_sqlstate, ErrorKind};
+/// assert_eq!(classify_sqlstate("55P03"), Some(ErrorKind::Timeout));
+/// assert_eq!(classify_sqlstate("40P01"), Some(ErrorKind::Deadlock));
+/// assert_eq!(classify_sqlstate("53200"), Some(ErrorKind::LockTableFull));
+/// assert_eq!(classify_sqlstate("57P01"), Some(ErrorKind::ConnectionLost));
+/// assert_eq!(classify_sqlstate("23505"), None);
+/// ```
+pub fn classify_sqlstate(code: &str) -> Option<ErrorKind> {
+    match code {
+        "55P03" => Some(ErrorKind::Timeout),
+        "40P01" => Some(ErrorKind::Deadlock),
+        "53200" => Some(ErrorKind::LockTableFull),
+        // admin_shutdown, crash_shutdown, cannot_connect_now, database_dropped, idle_session_timeout
+        "57P01" | "57P02" | "57P03" | "57P04" | "57P05" => Some(ErrorKind::ConnectionLost),
+        c if c.starts_with("08") => Some(ErrorKind::ConnectionLost),
+        _ => None,
+    }
+}

@@ -1,0 +1,242 @@
+//! Advisory lock keys and the string → key derivations.
+
+use std::fmt;
+
+use hkdf::Hkdf;
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+/// A PostgreSQL advisory lock key.
+///
+/// PostgreSQL has two separate advisory key spaces: one `bigint`, and one pair of `integer`s.
+/// They never collide: `pg_locks` tells them apart by `objsubid` (1 for a `bigint`, 2 for a pair),
+/// so `Key::BigInt(1)` and `Key::Pair(0, 1)` are different locks.
+///
+/// Every adapter method takes `impl Into<Key>`, so all of these work:
+///
+/// ```
+/// use advisory_common::Key;
+///
+/// assert_eq!(Key::from(42_i64), Key::BigInt(42));
+/// assert_eq!(Key::from((1, 2)), Key::Pair(1, 2));
+/// assert_eq!(Key::from("orders:42"), Key::name("orders:42"));
+/// assert_eq!(Key::from(String::from("orders:42")), Key::name("orders:42"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    /// A key in the `bigint` space: `pg_advisory_lock(bigint)`.
+    BigInt(i64),
+    /// A key in the `(integer, integer)` space: `pg_advisory_lock(integer, integer)`.
+    Pair(i32, i32),
+}
+
+/// Which of PostgreSQL's two advisory key spaces a [`Key`] lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeySpace {
+    /// `pg_advisory_*(bigint)`; `objsubid = 1` in `pg_locks`.
+    BigInt,
+    /// `pg_advisory_*(integer, integer)`; `objsubid = 2` in `pg_locks`.
+    Pair,
+}
+
+impl Key {
+    /// The project's default derivation of a key from a name: **SHA-256 of the UTF-8 bytes, the
+    /// first 8 bytes read big-endian as a signed `i64`**, in the `bigint` key space.
+    ///
+    /// It is stable forever (changing it would silently break mutual exclusion between two
+    /// versions of an application), and it can be computed in plain SQL without extensions, so
+    /// that SQL code and other languages can take the same lock:
+    ///
+    /// ```sql
+    /// SELECT ('x' || left(encode(sha256(convert_to('orders:42', 'UTF8')), 'hex'), 16))::bit(64)::bigint;
+    /// ```
+    ///
+    /// The migration shipped with this project defines that expression as `advisory_key(text)`.
+    ///
+    /// ```
+    /// use advisory_common::Key;
+    /// // sha256("") = e3b0c44298fc1c14...
+    /// assert_eq!(Key::name(""), Key::BigInt(0xe3b0c44298fc1c14_u64 as i64));
+    /// ```
+    pub fn name(name: &str) -> Key {
+        let digest = Sha256::digest(name.as_bytes());
+        Key::BigInt(i64::from_be_bytes(first8(&digest)))
+    }
+
+    /// The key sqlx's own `PgAdvisoryLock::new(name)` uses, so a lock taken here excludes a lock
+    /// taken with sqlx's API for the same string.
+    ///
+    /// Algorithm (from `sqlx-postgres/src/advisory_lock.rs`): HKDF-SHA256 with no salt, the UTF-8
+    /// bytes as input key material, info `b"SQLx (Rust) Postgres advisory lock"`, 8 bytes of output
+    /// read **little-endian** as `i64`.
+    ///
+    /// ```
+    /// use advisory_common::Key;
+    /// assert_eq!(Key::sqlx("my-lock"), Key::BigInt(-7577905956304869515));
+    /// ```
+    pub fn sqlx(name: &str) -> Key {
+        let hkdf = Hkdf::<Sha256>::new(None, name.as_bytes());
+        let mut okm = [0u8; 8];
+        hkdf.expand(b"SQLx (Rust) Postgres advisory lock", &mut okm)
+            .expect("8 bytes is a valid HKDF-SHA256 output length");
+        Key::BigInt(i64::from_le_bytes(okm))
+    }
+
+    /// The key the Python library [postgresql-lock](https://pypi.org/project/postgresql-lock/)
+    /// (>= 0.1.6) uses for a string key: SHA-1 of the UTF-8 bytes, first 8 bytes read big-endian as
+    /// a signed `i64` (its `Lock.__init__` does `int.from_bytes(sha1(key).digest()[:8], "big",
+    /// signed=True)`).
+    ///
+    /// ```
+    /// use advisory_common::Key;
+    /// // sha1("") = da39a3ee5e6b4b0d...
+    /// assert_eq!(Key::postgresql_lock(""), Key::BigInt(0xda39a3ee5e6b4b0d_u64 as i64));
+    /// ```
+    pub fn postgresql_lock(name: &str) -> Key {
+        let digest = Sha1::digest(name.as_bytes());
+        Key::BigInt(i64::from_be_bytes(first8(&digest)))
+    }
+
+    /// The key space this key lives in.
+    pub fn space(&self) -> KeySpace {
+        match self {
+            Key::BigInt(_) => KeySpace::BigInt,
+            Key::Pair(..) => KeySpace::Pair,
+        }
+    }
+
+    /// How `pg_locks` shows this key: `(classid, objid, objsubid)`.
+    ///
+    /// * `BigInt(k)`: `classid` = high 32 bits, `objid` = low 32 bits (both as unsigned `oid`),
+    ///   `objsubid` = 1.
+    /// * `Pair(k1, k2)`: `classid` = `k1`, `objid` = `k2` (reinterpreted as unsigned), `objsubid` = 2.
+    ///
+    /// ```
+    /// use advisory_common::Key;
+    /// assert_eq!(Key::BigInt(-1).classid_objid_objsubid(), (u32::MAX, u32::MAX, 1));
+    /// assert_eq!(Key::Pair(-1, 7).classid_objid_objsubid(), (u32::MAX, 7, 2));
+    /// ```
+    pub fn classid_objid_objsubid(&self) -> (u32, u32, i16) {
+        match *self {
+            Key::BigInt(k) => ((k as u64 >> 32) as u32, k as u64 as u32, 1),
+            Key::Pair(k1, k2) => (k1 as u32, k2 as u32, 2),
+        }
+    }
+
+    /// The inverse of [`Key::classid_objid_objsubid`]; `None` for an `objsubid` that is not an
+    /// advisory key space.
+    ///
+    /// ```
+    /// use advisory_common::Key;
+    /// for key in [Key::BigInt(i64::MIN), Key::BigInt(-2), Key::Pair(i32::MIN, -1)] {
+    ///     let (c, o, s) = key.classid_objid_objsubid();
+    ///     assert_eq!(Key::from_classid_objid_objsubid(c, o, s), Some(key));
+    /// }
+    /// ```
+    pub fn from_classid_objid_objsubid(classid: u32, objid: u32, objsubid: i16) -> Option<Key> {
+        match objsubid {
+            1 => Some(Key::BigInt(
+                (((classid as u64) << 32) | objid as u64) as i64,
+            )),
+            2 => Some(Key::Pair(classid as i32, objid as i32)),
+            _ => None,
+        }
+    }
+}
+
+fn first8(digest: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+impl From<i64> for Key {
+    fn from(k: i64) -> Key {
+        Key::BigInt(k)
+    }
+}
+
+impl From<(i32, i32)> for Key {
+    fn from((k1, k2): (i32, i32)) -> Key {
+        Key::Pair(k1, k2)
+    }
+}
+
+/// Uses [`Key::name`].
+impl From<&str> for Key {
+    fn from(name: &str) -> Key {
+        Key::name(name)
+    }
+}
+
+/// Uses [`Key::name`].
+impl From<&String> for Key {
+    fn from(name: &String) -> Key {
+        Key::name(name)
+    }
+}
+
+/// Uses [`Key::name`].
+impl From<String> for Key {
+    fn from(name: String) -> Key {
+        Key::name(&name)
+    }
+}
+
+/// `bigint:42` or `pair:(1,2)`.
+///
+/// ```
+/// use advisory_common::Key;
+/// assert_eq!(Key::BigInt(-42).to_string(), "bigint:-42");
+/// assert_eq!(Key::Pair(1, 2).to_string(), "pair:(1,2)");
+/// ```
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::BigInt(k) => write!(f, "bigint:{k}"),
+            Key::Pair(k1, k2) => write!(f, "pair:({k1},{k2})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_vectors() {
+        // sha256("orders:42"), first 8 bytes, computed independently with `sha256sum`.
+        assert_eq!(Key::name("abc"), Key::BigInt(0xba7816bf8f01cfea_u64 as i64));
+        assert_eq!(Key::name(""), Key::BigInt(0xe3b0c44298fc1c14_u64 as i64));
+    }
+
+    #[test]
+    fn postgresql_lock_vectors() {
+        assert_eq!(
+            Key::postgresql_lock("abc"),
+            Key::BigInt(0xa9993e364706816a_u64 as i64)
+        );
+    }
+
+    #[test]
+    fn pg_locks_round_trip_extremes() {
+        for key in [
+            Key::BigInt(0),
+            Key::BigInt(1),
+            Key::BigInt(-1),
+            Key::BigInt(i64::MIN),
+            Key::BigInt(i64::MAX),
+            Key::Pair(0, 0),
+            Key::Pair(i32::MIN, i32::MAX),
+            Key::Pair(-1, -1),
+        ] {
+            let (c, o, s) = key.classid_objid_objsubid();
+            assert_eq!(Key::from_classid_objid_objsubid(c, o, s), Some(key));
+        }
+        assert_eq!(
+            Key::BigInt(i64::MIN).classid_objid_objsubid(),
+            (0x8000_0000, 0, 1)
+        );
+        assert_eq!(Key::from_classid_objid_objsubid(1, 2, 0), None);
+    }
+}

@@ -1,0 +1,423 @@
+//! Every SQL statement the adapters send, in one place.
+//!
+//! Statements are `&'static str` so that drivers cache the prepared statement (one parse per
+//! connection, then one round trip per call), and keys are **always bound parameters**: `$1` for a
+//! `bigint` key, `$1, $2` for a pair. A timed statement takes the timeout in milliseconds as the
+//! last parameter (`int4`, see [`crate::timeout_millis`]).
+//!
+//! Every lock statement returns exactly one row with one `boolean` column, `locked`: always `true`
+//! for the waiting forms, the result of `pg_try_advisory_*` for the try forms. Every unlock statement
+//! returns one `boolean`, `unlocked`.
+//!
+//! The only statements that are not prepared are the [`savepoint_batch`] texts used for a timed
+//! attempt inside an open transaction. They are one simple-protocol round trip (savepoint, lock,
+//! release) and contain only integers produced by this crate, never caller strings.
+//!
+//! # Timed acquires
+//!
+//! A timed acquire is one statement that sets PostgreSQL's `lock_timeout` for the duration of the
+//! lock call and puts the previous value back, evaluated strictly inside-out by `OFFSET 0` fences:
+//!
+//! ```sql
+//! SELECT set_config('lock_timeout', s.old, true) IS NOT NULL AS locked          -- 4. restore
+//! FROM (SELECT s.old, pg_advisory_lock($1) AS l                                  -- 3. lock
+//!       FROM (SELECT s.old, set_config('lock_timeout', ($2::int4)::text, true) AS n  -- 2. set
+//!             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s   -- 1. remember
+//!             OFFSET 0) s
+//!       OFFSET 0) s
+//! ```
+//!
+//! * The wait is enforced by the server (SQLSTATE `55P03`), no client polling; one round trip.
+//! * Outside a transaction block the statement is its own transaction, so the transaction-local
+//!   `set_config` also ends with it. Inside a transaction block step 4 restores the previous value
+//!   on success; on failure the adapters roll back the savepoint the attempt ran in, which also
+//!   reverts the setting (and keeps the caller's transaction usable), see [`savepoint_batch`].
+//! * **The grant/timeout race.** PostgreSQL decides atomically: a wait that is granted at the same
+//!   instant the timer fires reports success (the backend checks its wait status before raising the
+//!   timeout), so the server never reports `55P03` while holding the lock. The remaining race is on
+//!   the client side: the lock is granted and the reply is on the wire while the caller's future
+//!   is dropped. The adapters treat that exactly like any cancelled acquire (see their
+//!   `# Cancel safety` sections): the reply is never trusted to be absent.
+//! * PostgreSQL's `lock_timeout` has millisecond resolution and `0` means "wait forever", so
+//!   [`crate::timeout_millis`] rounds up and never returns 0.
+
+use std::fmt::Write as _;
+
+use crate::Key;
+use crate::KeySpace;
+
+/// Who releases a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Held until unlocked (or the session ends): `pg_advisory_lock`.
+    Session,
+    /// Held until the transaction ends (COMMIT or ROLLBACK): `pg_advisory_xact_lock`.
+    Transaction,
+}
+
+/// Exclusive or shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Conflicts with every other holder.
+    Exclusive,
+    /// Conflicts only with exclusive holders.
+    Shared,
+}
+
+/// How an acquire waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Wait {
+    /// Wait as long as it takes.
+    Block,
+    /// Never wait: `pg_try_advisory_*`.
+    Try,
+    /// Wait at most a server-side `lock_timeout` (bound as the last parameter, in ms).
+    Timeout,
+}
+
+/// All scopes, for table-driven code and tests.
+pub const SCOPES: [Scope; 2] = [Scope::Session, Scope::Transaction];
+/// All modes.
+pub const MODES: [Mode; 2] = [Mode::Exclusive, Mode::Shared];
+/// All wait kinds.
+pub const WAITS: [Wait; 3] = [Wait::Block, Wait::Try, Wait::Timeout];
+/// Both key spaces.
+pub const SPACES: [KeySpace; 2] = [KeySpace::BigInt, KeySpace::Pair];
+
+macro_rules! lock_fn {
+    ($scope:ident, $mode:ident, $try:literal) => {
+        match ($scope, $mode) {
+            (Scope::Session, Mode::Exclusive) => concat!("pg_", $try, "advisory_lock"),
+            (Scope::Session, Mode::Shared) => concat!("pg_", $try, "advisory_lock_shared"),
+            (Scope::Transaction, Mode::Exclusive) => concat!("pg_", $try, "advisory_xact_lock"),
+            (Scope::Transaction, Mode::Shared) => concat!("pg_", $try, "advisory_xact_lock_shared"),
+        }
+    };
+}
+
+/// The name of the PostgreSQL function for a scope, mode and wait kind (`Timeout` uses the waiting
+/// function), e.g. `pg_try_advisory_xact_lock_shared`.
+pub fn function_name(scope: Scope, mode: Mode, wait: Wait) -> &'static str {
+    match wait {
+        Wait::Try => lock_fn!(scope, mode, "try_"),
+        Wait::Block | Wait::Timeout => lock_fn!(scope, mode, ""),
+    }
+}
+
+macro_rules! timed {
+    ($f:literal, $args:literal, $t:literal) => {
+        concat!(
+            "SELECT set_config('lock_timeout', s.old, true) IS NOT NULL AS locked FROM (SELECT s.old, ",
+            $f,
+            "(",
+            $args,
+            ") AS l FROM (SELECT s.old, set_config('lock_timeout', (",
+            $t,
+            "::int4)::text, true) AS n FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s OFFSET 0) s OFFSET 0) s"
+        )
+    };
+}
+
+macro_rules! lock_table {
+    ($scope:ident, $mode:ident, $wait:ident, $space:ident; $( ($s:ident, $m:ident, $f:literal, $tf:literal) ),* $(,)?) => {
+        match ($scope, $mode, $wait, $space) {
+            $(
+                (Scope::$s, Mode::$m, Wait::Block, KeySpace::BigInt) => concat!("SELECT true AS locked FROM ", $f, "($1)"),
+                (Scope::$s, Mode::$m, Wait::Block, KeySpace::Pair) => concat!("SELECT true AS locked FROM ", $f, "($1, $2)"),
+                (Scope::$s, Mode::$m, Wait::Try, KeySpace::BigInt) => concat!("SELECT ", $tf, "($1) AS locked"),
+                (Scope::$s, Mode::$m, Wait::Try, KeySpace::Pair) => concat!("SELECT ", $tf, "($1, $2) AS locked"),
+                (Scope::$s, Mode::$m, Wait::Timeout, KeySpace::BigInt) => timed!($f, "$1", "$2"),
+                (Scope::$s, Mode::$m, Wait::Timeout, KeySpace::Pair) => timed!($f, "$1, $2", "$3"),
+            )*
+        }
+    };
+}
+
+/// The prepared statement for an acquire. Parameters: the key (`$1` bigint, or `$1, $2` int4), then
+/// for [`Wait::Timeout`] the timeout in milliseconds (`int4`). Returns one row, one `boolean` column
+/// `locked`.
+///
+/// ```
+/// use advisory_common::{KeySpace, sql::{lock_sql, Mode, Scope, Wait}};
+/// assert_eq!(
+///     lock_sql(Scope::Transaction, Mode::Shared, Wait::Try, KeySpace::Pair),
+///     "SELECT pg_try_advisory_xact_lock_shared($1, $2) AS locked"
+/// );
+/// ```
+pub fn lock_sql(scope: Scope, mode: Mode, wait: Wait, space: KeySpace) -> &'static str {
+    lock_table!(scope, mode, wait, space;
+        (Session, Exclusive, "pg_advisory_lock", "pg_try_advisory_lock"),
+        (Session, Shared, "pg_advisory_lock_shared", "pg_try_advisory_lock_shared"),
+        (Transaction, Exclusive, "pg_advisory_xact_lock", "pg_try_advisory_xact_lock"),
+        (Transaction, Shared, "pg_advisory_xact_lock_shared", "pg_try_advisory_xact_lock_shared"),
+    )
+}
+
+/// The prepared statement that releases one session-level hold. Parameters: the key. Returns one
+/// row, one `boolean` column `unlocked` (`false`, with a server WARNING, if the session did not hold
+/// the lock in that mode). Transaction-level locks have no unlock: COMMIT/ROLLBACK releases them.
+pub fn unlock_sql(mode: Mode, space: KeySpace) -> &'static str {
+    match (mode, space) {
+        (Mode::Exclusive, KeySpace::BigInt) => "SELECT pg_advisory_unlock($1) AS unlocked",
+        (Mode::Exclusive, KeySpace::Pair) => "SELECT pg_advisory_unlock($1, $2) AS unlocked",
+        (Mode::Shared, KeySpace::BigInt) => "SELECT pg_advisory_unlock_shared($1) AS unlocked",
+        (Mode::Shared, KeySpace::Pair) => "SELECT pg_advisory_unlock_shared($1, $2) AS unlocked",
+    }
+}
+
+/// The unlock as a self-contained simple-protocol statement with the key written as integers, for
+/// the paths that must queue a release without binding parameters (a guard's `Drop`). The key is
+/// formatted from integers only; no caller text is ever spliced.
+///
+/// ```
+/// use advisory_common::{Key, sql::{unlock_literal, Mode}};
+/// assert_eq!(unlock_literal(Mode::Shared, Key::Pair(1, -2)), "SELECT pg_advisory_unlock_shared(1, -2)");
+/// ```
+pub fn unlock_literal(mode: Mode, key: Key) -> String {
+    let f = match mode {
+        Mode::Exclusive => "pg_advisory_unlock",
+        Mode::Shared => "pg_advisory_unlock_shared",
+    };
+    match key {
+        Key::BigInt(k) => format!("SELECT {f}({k})"),
+        Key::Pair(k1, k2) => format!("SELECT {f}({k1}, {k2})"),
+    }
+}
+
+/// Releases every session-level advisory lock of the session. Returns no rows of interest.
+pub const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
+
+/// The name of the savepoint a timed attempt inside a transaction runs in.
+pub const SAVEPOINT: &str = "advisory_lock_attempt";
+
+/// Sent after a [`savepoint_batch`] failed: undoes the attempt (and its `lock_timeout` change) and
+/// leaves the caller's transaction usable, as if the attempt had never been made.
+pub const SAVEPOINT_ROLLBACK: &str =
+    "ROLLBACK TO SAVEPOINT advisory_lock_attempt; RELEASE SAVEPOINT advisory_lock_attempt";
+
+/// A timed acquire for use **inside an open transaction**, as one simple-protocol round trip:
+/// `SAVEPOINT; <timed lock>; RELEASE SAVEPOINT`. If it fails (timeout, deadlock, lock table full),
+/// PostgreSQL skips the rest of the batch and the adapter sends [`SAVEPOINT_ROLLBACK`], so the
+/// caller's transaction is not doomed. A lock taken inside a released savepoint belongs to the
+/// enclosing transaction (transaction scope) or to the session (session scope).
+///
+/// Only integers are spliced (the key and the millisecond count).
+///
+/// ```
+/// use advisory_common::{Key, sql::{savepoint_batch, Mode, Scope}};
+/// let batch = savepoint_batch(Scope::Transaction, Mode::Exclusive, Key::BigInt(-5), 250);
+/// assert!(batch.starts_with("SAVEPOINT advisory_lock_attempt; SELECT "));
+/// assert!(batch.contains("pg_advisory_xact_lock(-5)"));
+/// assert!(batch.contains("set_config('lock_timeout', '250', true)"));
+/// assert!(batch.ends_with("; RELEASE SAVEPOINT advisory_lock_attempt"));
+/// ```
+pub fn savepoint_batch(scope: Scope, mode: Mode, key: Key, timeout_ms: i32) -> String {
+    let f = function_name(scope, mode, Wait::Block);
+    let mut s = String::with_capacity(360);
+    s.push_str("SAVEPOINT advisory_lock_attempt; ");
+    s.push_str(
+        "SELECT set_config('lock_timeout', s.old, true) IS NOT NULL AS locked FROM (SELECT s.old, ",
+    );
+    match key {
+        Key::BigInt(k) => write!(s, "{f}({k})"),
+        Key::Pair(k1, k2) => write!(s, "{f}({k1}, {k2})"),
+    }
+    .expect("writing to a String cannot fail");
+    write!(
+        s,
+        " AS l FROM (SELECT s.old, set_config('lock_timeout', '{timeout_ms}', true) AS n FROM \
+         (SELECT current_setting('lock_timeout') AS old OFFSET 0) s OFFSET 0) s OFFSET 0) s; \
+         RELEASE SAVEPOINT advisory_lock_attempt"
+    )
+    .expect("writing to a String cannot fail");
+    s
+}
+
+/// Does this session hold `key` in `mode`? Parameters: the key. Returns one row, one `boolean`
+/// column `held`. Asks `pg_locks`, so it notices a lock lost with its connection or released behind
+/// the library's back.
+pub fn held_sql(mode: Mode, space: KeySpace) -> &'static str {
+    macro_rules! held {
+        ($m:literal, $k:literal) => {
+            concat!(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND mode = '",
+                $m,
+                "' AND ",
+                $k,
+                ") AS held"
+            )
+        };
+    }
+    match (mode, space) {
+        (Mode::Exclusive, KeySpace::BigInt) => {
+            held!(
+                "ExclusiveLock",
+                "objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = $1"
+            )
+        }
+        (Mode::Shared, KeySpace::BigInt) => {
+            held!(
+                "ShareLock",
+                "objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = $1"
+            )
+        }
+        (Mode::Exclusive, KeySpace::Pair) => held!(
+            "ExclusiveLock",
+            "objsubid = 2 AND classid::int8 = ($1::int4::int8 & 4294967295) AND objid::int8 = ($2::int4::int8 & 4294967295)"
+        ),
+        (Mode::Shared, KeySpace::Pair) => held!(
+            "ShareLock",
+            "objsubid = 2 AND classid::int8 = ($1::int4::int8 & 4294967295) AND objid::int8 = ($2::int4::int8 & 4294967295)"
+        ),
+    }
+}
+
+/// Is the session inside a transaction block? One row, one `boolean` column `in_transaction`.
+/// (Adapters prefer their driver's own bookkeeping, which costs no round trip.)
+pub const IN_TRANSACTION: &str = "SELECT now() <> statement_timestamp() OR pg_catalog.txid_current_if_assigned() IS NOT NULL AS in_transaction";
+
+/// The current `lock_timeout` setting, one row, one `text` column `lock_timeout` (used by tests and
+/// diagnostics).
+pub const SHOW_LOCK_TIMEOUT: &str = "SELECT current_setting('lock_timeout') AS lock_timeout";
+
+/// The session's backend process id: one row, one `int4` column `pid`.
+pub const BACKEND_PID: &str = "SELECT pg_backend_pid() AS pid";
+
+/// Every advisory lock in the current database (held or awaited, by any session), with what
+/// `pg_stat_activity` knows about its session; decode each row with
+/// [`LockInfo::from_row`](crate::LockInfo::from_row). Columns, in order:
+///
+/// | column | type | |
+/// |---|---|---|
+/// | `classid`, `objid` | `int8` | the key as `pg_locks` stores it |
+/// | `objsubid` | `int4` | 1 = bigint key, 2 = pair |
+/// | `mode` | `text` | `ExclusiveLock` / `ShareLock` |
+/// | `granted` | `bool` | held (`true`) or waited for |
+/// | `pid` | `int4` | backend holding / waiting |
+/// | `application_name`, `usename`, `state` | `text` (nullable) | from `pg_stat_activity` |
+/// | `wait_seconds` | `float8` (nullable) | how long it has been waiting (`pg_locks.waitstart`) |
+/// | `xact_seconds` | `float8` (nullable) | age of the session's open transaction |
+/// | `query` | `text` (nullable) | the session's current or last query |
+pub const LOCKS_SQL: &str = "SELECT l.classid::int8 AS classid, l.objid::int8 AS objid, l.objsubid::int4 AS objsubid, \
+     l.mode AS mode, l.granted AS granted, l.pid AS pid, a.application_name AS application_name, \
+     a.usename::text AS usename, a.state AS state, \
+     extract(epoch FROM clock_timestamp() - l.waitstart)::float8 AS wait_seconds, \
+     extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS xact_seconds, a.query AS query \
+     FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+     ORDER BY l.granted DESC, l.pid, l.classid, l.objid, l.objsubid";
+
+/// Every statement text this module can produce with its expected number of bound parameters,
+/// for tests that execute them all.
+pub fn all_statements() -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for scope in SCOPES {
+        for mode in MODES {
+            for wait in WAITS {
+                for space in SPACES {
+                    let keys = match space {
+                        KeySpace::BigInt => 1,
+                        KeySpace::Pair => 2,
+                    };
+                    let extra = usize::from(wait == Wait::Timeout);
+                    out.push((lock_sql(scope, mode, wait, space).to_owned(), keys + extra));
+                }
+            }
+        }
+    }
+    for mode in MODES {
+        for space in SPACES {
+            let keys = match space {
+                KeySpace::BigInt => 1,
+                KeySpace::Pair => 2,
+            };
+            out.push((unlock_sql(mode, space).to_owned(), keys));
+            out.push((held_sql(mode, space).to_owned(), keys));
+        }
+    }
+    for s in [
+        UNLOCK_ALL,
+        IN_TRANSACTION,
+        SHOW_LOCK_TIMEOUT,
+        BACKEND_PID,
+        LOCKS_SQL,
+    ] {
+        out.push((s.to_owned(), 0));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn params(sql: &str) -> usize {
+        (1..=9)
+            .take_while(|i| sql.contains(&format!("${i}")))
+            .count()
+    }
+
+    #[test]
+    fn every_combination_is_distinct_and_well_formed() {
+        let mut seen = HashSet::new();
+        for scope in SCOPES {
+            for mode in MODES {
+                for wait in WAITS {
+                    for space in SPACES {
+                        let sql = lock_sql(scope, mode, wait, space);
+                        assert!(seen.insert(sql), "duplicate statement {sql}");
+                        let f = function_name(scope, mode, wait);
+                        assert!(sql.contains(&format!("{f}(")), "{sql} lacks {f}");
+                        // the function name is exact, not a prefix of a longer one
+                        let after = &sql[sql.find(&format!("{f}(")).unwrap() + f.len()..];
+                        assert!(after.starts_with('('));
+                        let keys = if space == KeySpace::Pair { 2 } else { 1 };
+                        let expect = keys + usize::from(wait == Wait::Timeout);
+                        assert_eq!(params(sql), expect, "{sql}");
+                        assert!(!sql.contains(&format!("${}", expect + 1)));
+                        assert!(sql.contains("AS locked"), "{sql}");
+                        assert_eq!(sql.matches('(').count(), sql.matches(')').count(), "{sql}");
+                        assert_eq!(sql.contains("xact"), scope == Scope::Transaction, "{sql}");
+                        assert_eq!(sql.contains("shared"), mode == Mode::Shared, "{sql}");
+                        assert_eq!(sql.contains("try"), wait == Wait::Try, "{sql}");
+                        assert_eq!(sql.contains("lock_timeout"), wait == Wait::Timeout, "{sql}");
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.len(), 2 * 2 * 3 * 2);
+    }
+
+    #[test]
+    fn unlock_statements() {
+        let all: HashSet<_> = MODES
+            .iter()
+            .flat_map(|m| SPACES.iter().map(move |s| unlock_sql(*m, *s)))
+            .collect();
+        assert_eq!(all.len(), 4);
+        assert_eq!(
+            unlock_sql(Mode::Exclusive, KeySpace::Pair),
+            "SELECT pg_advisory_unlock($1, $2) AS unlocked"
+        );
+        assert_eq!(
+            unlock_literal(Mode::Exclusive, Key::BigInt(i64::MIN)),
+            format!("SELECT pg_advisory_unlock({})", i64::MIN)
+        );
+    }
+
+    #[test]
+    fn savepoint_batch_shape() {
+        for scope in SCOPES {
+            for mode in MODES {
+                let b = savepoint_batch(scope, mode, Key::Pair(3, 4), 7);
+                assert_eq!(b.matches(';').count(), 2);
+                assert!(b.contains(&format!(
+                    "{}(3, 4)",
+                    function_name(scope, mode, Wait::Block)
+                )));
+                assert_eq!(b.matches('(').count(), b.matches(')').count());
+            }
+        }
+    }
+}
