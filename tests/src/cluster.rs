@@ -59,6 +59,11 @@ impl Db {
         self.cluster.is_some()
     }
 
+    /// The data directory of the throwaway server (`None` with `DATABASE_URL`).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.cluster.as_ref().map(|c| c.data.as_path())
+    }
+
     /// The loopback port of the throwaway server (`None` with `DATABASE_URL`).
     pub fn port(&self) -> Option<u16> {
         self.cluster.as_ref().map(|c| c.port)
@@ -295,7 +300,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -303,7 +308,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -340,7 +345,7 @@ fn find_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, d)| d)
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
