@@ -47,6 +47,13 @@ impl ErrorKind {
     }
 }
 
+/// The [`describe`](ErrorKind::describe) text.
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 /// Map a PostgreSQL SQLSTATE to the lock failure it means, or `None` for any other error.
 ///
 /// ```

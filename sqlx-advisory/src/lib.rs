@@ -1,1 +1,75 @@
-pub fn x() {}
+//! PostgreSQL advisory locks for [sqlx](https://docs.rs/sqlx) 0.9 with tokio, on the types you
+//! already have: `PgPool`, `PgConnection`, `PoolConnection<Postgres>` and `Transaction<'_, Postgres>`.
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let url = advisory_tests::db().url();
+//! use std::time::Duration;
+//! use sqlx_advisory::prelude::*;
+//!
+//! let pool = sqlx::PgPool::connect(url).await?;
+//!
+//! // Session scope: the guard owns a pooled connection and releases the lock when dropped.
+//! let guard = pool.advisory_lock("orders:42").await?;
+//! assert!(pool.try_advisory_lock("orders:42").await?.is_none());
+//! guard.release().await?;
+//!
+//! // On a connection (or PoolConnection, or Transaction): the guard borrows it.
+//! let mut conn = pool.acquire().await?;
+//! let g = conn.advisory_lock_timeout((7, 9), Duration::from_secs(1)).await?;
+//! drop(g);
+//!
+//! // Transaction scope: released by COMMIT / ROLLBACK.
+//! let mut tx = pool.begin().await?;
+//! tx.xact_lock_shared(42_i64).await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! | | session scope ([`LockExt`]) | transaction scope ([`XactLockExt`]) |
+//! |---|---|---|
+//! | released by | the guard (`release()` or drop), or the session ending | COMMIT / ROLLBACK |
+//! | exclusive, wait | `advisory_lock(key)` | `xact_lock(key)` |
+//! | shared, wait | `advisory_lock_shared(key)` | `xact_lock_shared(key)` |
+//! | never wait | `try_advisory_lock[_shared](key)` → `Option<guard>` | `try_xact_lock[_shared](key)` → `bool` |
+//! | wait at most | `advisory_lock[_shared]_timeout(key, d)` | `xact_lock[_shared]_timeout(key, d)` |
+//!
+//! Keys: `42_i64`, `(1, 2)` or a string (hashed with [`Key::name`]); see [`Key`].
+//!
+//! # Guarantees and their limits
+//! * **A lock never outlives its guard on a pooled connection**, whether the guard is released,
+//!   dropped, dropped during a panic, dropped outside any runtime, or the acquire future is
+//!   cancelled: see [`PoolLockGuard`] and [`LockExt`]'s `# Cancel safety`.
+//! * On a borrowed connection the guard's drop sends the unlock at once ([`LockGuard`]); an
+//!   acquire cancelled *after* its request went out cannot be withdrawn through sqlx's API, so the
+//!   **`PgPool` methods are the cancel-safe ones**.
+//! * Timeouts are server-side (`lock_timeout`), one round trip, and leave the session's
+//!   `lock_timeout` and the caller's transaction as they were.
+//! * Transaction-scope calls outside a transaction return [`Error::NotInTransaction`].
+//! * Session locks are not transactional: one taken inside a transaction survives its rollback.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(missing_debug_implementations)]
+
+mod error;
+mod exec;
+
+mod conn;
+mod guard;
+mod xact;
+
+mod pool;
+
+pub use advisory_common::{Key, LockInfo, LockMode};
+pub use error::Error;
+
+pub use conn::LockExt;
+pub use guard::LockGuard;
+pub use xact::XactLockExt;
+
+pub use pool::PoolLockGuard;
+
+/// `use sqlx_advisory::prelude::*;` brings every extension trait into scope.
+pub mod prelude {
+    pub use crate::{LockExt, XactLockExt};
+}

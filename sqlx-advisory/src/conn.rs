@@ -1,0 +1,323 @@
+//! Session-scope locks: the [`LockExt`] trait and its implementation for `&mut PgConnection`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use advisory_common::sql::{self, Mode, Scope, Wait};
+use advisory_common::{Key, LockInfo};
+use sqlx::{Connection, PgConnection};
+
+use crate::error::{Error, classify};
+use crate::exec::{self, InFlight};
+use crate::guard::LockGuard;
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &sqlx::PgPool {}
+    impl Sealed for &mut sqlx::PgConnection {}
+}
+
+/// Session-level advisory locks (`pg_advisory_lock` and friends), held until the guard releases
+/// them or the session ends.
+///
+/// Implemented for **`&PgPool`** (the guard, [`PoolLockGuard`](crate::PoolLockGuard), owns a
+/// checked-out connection, is `'static + Send`) and for **`&mut PgConnection`** (the guard,
+/// [`LockGuard`](crate::LockGuard), borrows the connection); method-call autoref makes
+/// `pool.advisory_lock(k)` and `conn.advisory_lock(k)` work, also for `PoolConnection<Postgres>`
+/// and `Transaction<'_, Postgres>` through deref.
+///
+/// Keys are anything `Into<Key>`: `42_i64`, `(1, 2)`, `"orders:42"`.
+///
+/// # Who releases the lock
+/// The guard: `release().await`, or dropping it (see each guard's docs for exactly what drop does),
+/// or the session ending. A session lock taken **inside a transaction survives that transaction's
+/// rollback**: PostgreSQL ties session locks to the session, not to the transaction.
+///
+/// # Cancel safety
+/// * **`&PgPool`: every method is cancel safe.** Dropped while waiting for a connection or before
+///   the lock statement is sent, the connection goes back to the pool unchanged. Dropped after the
+///   statement may have been sent, the connection is closed instead of reused, so whatever the
+///   server grants dies with the session. (A backend blocked in the lock wait notices its client is
+///   gone only when the wait ends, unless the server sets `client_connection_check_interval`; it
+///   then exits at once. Mutual exclusion is never violated; the dead session just keeps its place
+///   in the queue until then.)
+/// * **`&mut PgConnection`: cancel safe until the lock statement is sent, not after.** sqlx cannot
+///   withdraw or queue behind a request in flight, so if the future is dropped after sending it, the
+///   server still completes it and, if the lock is granted, the session holds it with no guard to
+///   release it (a `tracing` warning says so). Close the connection (or run
+///   `SELECT pg_advisory_unlock_all()`) after such a cancellation, or use the pool methods.
+pub trait LockExt: Sized + sealed::Sealed {
+    /// The guard that holds a lock taken through this type.
+    type Guard;
+
+    /// Take the exclusive lock on `key`, waiting as long as it takes.
+    ///
+    /// See the trait docs for who releases it and for cancel safety.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use sqlx_advisory::LockExt;
+    /// let guard = pool.advisory_lock("orders:42").await?;
+    /// // ... the read-modify-write of order 42, on `guard` (a PgConnection) or any other ...
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    fn advisory_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+
+    /// Take the shared lock on `key` (compatible with other shared holders, excludes exclusive
+    /// ones), waiting as long as it takes.
+    ///
+    /// See the trait docs for who releases it and for cancel safety.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use sqlx_advisory::LockExt;
+    /// let a = pool.advisory_lock_shared(7_i64).await?;
+    /// let b = pool.advisory_lock_shared(7_i64).await?; // readers do not exclude each other
+    /// assert!(a.is_shared() && b.is_shared());
+    /// # Ok(()) }
+    /// ```
+    fn advisory_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+
+    /// Take the exclusive lock on `key` if it is free right now (`pg_try_advisory_lock`); `None`
+    /// if another session holds it. Never waits for the lock.
+    ///
+    /// See the trait docs for who releases it and for cancel safety (a try is as much "in flight"
+    /// as a waiting acquire once sent).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use sqlx_advisory::LockExt;
+    /// let held = pool.advisory_lock((1, 99)).await?;
+    /// assert!(pool.try_advisory_lock((1, 99)).await?.is_none()); // another session
+    /// drop(held);
+    /// # Ok(()) }
+    /// ```
+    fn try_advisory_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send;
+
+    /// Take the shared lock on `key` if no exclusive holder has it right now; never waits.
+    ///
+    /// See the trait docs for who releases it and for cancel safety.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use sqlx_advisory::LockExt;
+    /// let mut conn = pool.acquire().await?;
+    /// let guard = conn.try_advisory_lock_shared("report").await?.expect("free");
+    /// drop(guard); // the unlock goes out at once
+    /// # Ok(()) }
+    /// ```
+    fn try_advisory_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send;
+
+    /// Take the exclusive lock on `key`, waiting at most `timeout`, else [`Error::Timeout`].
+    ///
+    /// The wait is bounded by the server (`lock_timeout`) in one round trip; the session's own
+    /// `lock_timeout` is unchanged afterwards. Inside a transaction the attempt runs in a savepoint,
+    /// so a timeout does not abort the caller's transaction.
+    ///
+    /// See the trait docs for who releases it and for cancel safety.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use std::time::Duration;
+    /// use sqlx_advisory::{Error, LockExt};
+    /// let held = pool.advisory_lock(-5_i64).await?;
+    /// let err = pool.advisory_lock_timeout(-5_i64, Duration::from_millis(50)).await.unwrap_err();
+    /// assert!(matches!(err, Error::Timeout { .. }));
+    /// # drop(held); Ok(()) }
+    /// ```
+    fn advisory_lock_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+
+    /// Take the shared lock on `key`, waiting at most `timeout`, else [`Error::Timeout`]; as
+    /// [`advisory_lock_timeout`](Self::advisory_lock_timeout).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use std::time::Duration;
+    /// use sqlx_advisory::LockExt;
+    /// let g = pool.advisory_lock_shared_timeout("cfg", Duration::from_secs(1)).await?;
+    /// g.release().await?;
+    /// # Ok(()) }
+    /// ```
+    fn advisory_lock_shared_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+
+    /// Every advisory lock in the current database, held or awaited, by any session, with who
+    /// holds it (`pg_locks` + `pg_stat_activity`, see [`LockInfo`]). For debugging a stuck lock.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use sqlx_advisory::{Key, LockExt};
+    /// let g = pool.advisory_lock((3, 14)).await?;
+    /// assert!(pool.advisory_locks().await?.iter().any(|l| l.key == Key::Pair(3, 14) && l.granted));
+    /// # drop(g); Ok(()) }
+    /// ```
+    fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send;
+}
+
+/// Send one session-scope acquire on `conn`. `Ok(true)`: granted; `Ok(false)`: a try found it taken.
+///
+/// `armed` is set while the lock request is on its way or in flight, and left set if the outcome
+/// leaves the session's locks unknown (anything but a grant, a refused try, or a clean refusal:
+/// timeout, deadlock, lock table full). The caller's drop handler reads it.
+pub(crate) async fn lock_on(
+    conn: &mut PgConnection,
+    armed: &mut bool,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
+) -> Result<bool, Error> {
+    let (lock, ms) = exec::lock_statement(Scope::Session, mode, wait, key, timeout)?;
+    // Prepared now (a cache hit after the first use), so that the guard's release() puts nothing
+    // but the unlock itself on the wire.
+    let unlock = sql::unlock_sql(mode, key.space());
+    exec::prepare(conn, unlock)
+        .await
+        .map_err(|e| classify(e, key, timeout))?;
+    if let (Some(timeout), Some(ms), true) = (timeout, ms, conn.is_in_transaction()) {
+        *armed = true;
+        let res = exec::savepoint_attempt(conn, Scope::Session, mode, key, timeout, ms).await;
+        if matches!(&res, Err(e) if e.is_clean_refusal()) {
+            *armed = false;
+        }
+        return res.map(|()| true);
+    }
+    exec::prepare(conn, lock)
+        .await
+        .map_err(|e| classify(e, key, timeout))?;
+    *armed = true;
+    match exec::fetch_bool(conn, lock, key, ms).await {
+        Ok(locked) => {
+            if !locked {
+                *armed = false;
+            }
+            Ok(locked)
+        }
+        Err(e) => {
+            let e = classify(e, key, timeout);
+            if e.is_clean_refusal() {
+                *armed = false;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn acquire(
+    conn: &mut PgConnection,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
+) -> Result<Option<LockGuard<'_>>, Error> {
+    let mut in_flight = InFlight { key, armed: false };
+    let locked = lock_on(conn, &mut in_flight.armed, key, mode, wait, timeout).await;
+    // Granted: from here on the guard is responsible.
+    in_flight.armed = false;
+    Ok(locked?.then(|| LockGuard::new(conn, key, mode)))
+}
+
+fn granted(g: Option<LockGuard<'_>>) -> LockGuard<'_> {
+    g.expect("a waiting acquire either grants the lock or fails")
+}
+
+impl<'c> LockExt for &'c mut PgConnection {
+    type Guard = LockGuard<'c>;
+
+    fn advisory_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<LockGuard<'c>, Error>> + Send {
+        let key = key.into();
+        async move {
+            acquire(self, key, Mode::Exclusive, Wait::Block, None)
+                .await
+                .map(granted)
+        }
+    }
+
+    fn advisory_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<LockGuard<'c>, Error>> + Send {
+        let key = key.into();
+        async move {
+            acquire(self, key, Mode::Shared, Wait::Block, None)
+                .await
+                .map(granted)
+        }
+    }
+
+    fn try_advisory_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Option<LockGuard<'c>>, Error>> + Send {
+        let key = key.into();
+        acquire(self, key, Mode::Exclusive, Wait::Try, None)
+    }
+
+    fn try_advisory_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Option<LockGuard<'c>>, Error>> + Send {
+        let key = key.into();
+        acquire(self, key, Mode::Shared, Wait::Try, None)
+    }
+
+    fn advisory_lock_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<LockGuard<'c>, Error>> + Send {
+        let key = key.into();
+        async move {
+            acquire(self, key, Mode::Exclusive, Wait::Timeout, Some(timeout))
+                .await
+                .map(granted)
+        }
+    }
+
+    fn advisory_lock_shared_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<LockGuard<'c>, Error>> + Send {
+        let key = key.into();
+        async move {
+            acquire(self, key, Mode::Shared, Wait::Timeout, Some(timeout))
+                .await
+                .map(granted)
+        }
+    }
+
+    fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send {
+        exec::advisory_locks(self)
+    }
+}

@@ -1,0 +1,232 @@
+//! The crate's error type and the one place that classifies sqlx errors.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use advisory_common::{ErrorKind, Key, TimeoutOutOfRange, classify_sqlstate};
+use sqlx::error::DatabaseError;
+
+/// Why an advisory-lock call failed.
+///
+/// The same server answer is the same variant in `sqlx-advisory` and `diesel-advisory`: every
+/// database error is classified by [`advisory_common::classify_sqlstate`].
+///
+/// `?` works in both directions: `From<sqlx::Error>` and `From<Error> for sqlx::Error` (which keeps
+/// the original `sqlx::Error`, and so its SQLSTATE, wherever there is one).
+///
+/// ```
+/// use sqlx_advisory::{Error, Key};
+/// use advisory_common::ErrorKind;
+///
+/// let e = Error::NotInTransaction { key: Key::BigInt(7) };
+/// assert_eq!(e.kind(), Some(ErrorKind::NotInTransaction));
+/// // into sqlx::Error and back again, unchanged
+/// let back = Error::from(sqlx::Error::from(e));
+/// assert!(matches!(back, Error::NotInTransaction { key: Key::BigInt(7) }));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The timed acquire did not get the lock within `timeout` (server-side `lock_timeout`,
+    /// SQLSTATE `55P03`).
+    #[error("{}: {key} after {timeout:?}", ErrorKind::Timeout.describe())]
+    Timeout {
+        /// The lock that was not granted.
+        key: Key,
+        /// The timeout the caller asked for.
+        timeout: Duration,
+    },
+    /// The server chose this wait as a deadlock victim (SQLSTATE `40P01`). Inside a transaction,
+    /// the transaction is aborted: roll it back and retry.
+    #[error("{}: {key}", ErrorKind::Deadlock.describe())]
+    Deadlock {
+        /// The lock that was being waited for.
+        key: Key,
+        /// The server's error.
+        source: sqlx::Error,
+    },
+    /// The server's shared lock table is full (SQLSTATE `53200`).
+    #[error("{}: {key}", ErrorKind::LockTableFull.describe())]
+    LockTableFull {
+        /// The lock that could not be recorded.
+        key: Key,
+        /// The server's error.
+        source: sqlx::Error,
+    },
+    /// A transaction-scope lock was requested on a connection that is not inside a transaction.
+    /// Nothing was sent to the server.
+    #[error("{}: {key}", ErrorKind::NotInTransaction.describe())]
+    NotInTransaction {
+        /// The lock that was requested.
+        key: Key,
+    },
+    /// `release()` was called, but the server says this session did not hold the lock.
+    #[error("{}: {key}", ErrorKind::NotHeld.describe())]
+    NotHeld {
+        /// The lock that was being released.
+        key: Key,
+    },
+    /// The connection was lost (I/O error, SQLSTATE class `08`, `57P01`–`57P05`); the server has
+    /// released (or will release) every lock the session held.
+    #[error("{}", ErrorKind::ConnectionLost.describe())]
+    ConnectionLost {
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// The timeout cannot be expressed as PostgreSQL's `lock_timeout`.
+    #[error(transparent)]
+    InvalidTimeout(#[from] TimeoutOutOfRange),
+    /// No connection could be checked out of the pool.
+    #[error("cannot check out a connection from the pool: {0}")]
+    Pool(#[source] sqlx::Error),
+    /// Any other database or driver error.
+    #[error(transparent)]
+    Database(sqlx::Error),
+}
+
+impl Error {
+    /// What kind of lock failure this is, if it is one. For [`Error::Database`] the SQLSTATE is
+    /// classified too (e.g. a `lock_timeout` the application set itself on a waiting call gives
+    /// `Some(ErrorKind::Timeout)`).
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Error::Timeout { .. } => Some(ErrorKind::Timeout),
+            Error::Deadlock { .. } => Some(ErrorKind::Deadlock),
+            Error::LockTableFull { .. } => Some(ErrorKind::LockTableFull),
+            Error::NotInTransaction { .. } => Some(ErrorKind::NotInTransaction),
+            Error::NotHeld { .. } => Some(ErrorKind::NotHeld),
+            Error::ConnectionLost { .. } => Some(ErrorKind::ConnectionLost),
+            Error::Database(e) => sqlstate(e).and_then(|c| classify_sqlstate(&c)),
+            Error::InvalidTimeout(_) | Error::Pool(_) => None,
+        }
+    }
+
+    /// `true` for the failures after which the server says the lock was **not** granted and the
+    /// connection is in a known state (the lock statement failed cleanly).
+    pub(crate) fn is_clean_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Deadlock { .. } | Error::LockTableFull { .. }
+        )
+    }
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(Cow::into_owned)
+}
+
+/// Turn a driver error from a lock statement on `key` into an [`Error`]. `timeout` is the caller's
+/// timeout for the timed acquires (`None` for waiting and try acquires, whose `55P03` can only come
+/// from a `lock_timeout` the application set itself and stays [`Error::Database`]).
+pub(crate) fn classify(err: sqlx::Error, key: Key, timeout: Option<Duration>) -> Error {
+    if let Some(kind) = sqlstate(&err).and_then(|c| classify_sqlstate(&c)) {
+        return match (kind, timeout) {
+            (ErrorKind::Timeout, Some(timeout)) => Error::Timeout { key, timeout },
+            (ErrorKind::Deadlock, _) => Error::Deadlock { key, source: err },
+            (ErrorKind::LockTableFull, _) => Error::LockTableFull { key, source: err },
+            (ErrorKind::ConnectionLost, _) => Error::ConnectionLost { source: err },
+            _ => Error::Database(err),
+        };
+    }
+    Error::from(err)
+}
+
+/// Keeps the error's SQLSTATE-less variants, recovers an [`Error`] that travelled through a
+/// `sqlx::Error` (see `From<Error> for sqlx::Error`), and recognises a lost connection.
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Error {
+        match err {
+            sqlx::Error::Database(db) => match db.try_downcast::<Carried>() {
+                Ok(carried) => carried.0,
+                Err(db) => {
+                    let err = sqlx::Error::Database(db);
+                    match sqlstate(&err).and_then(|c| classify_sqlstate(&c)) {
+                        Some(ErrorKind::ConnectionLost) => Error::ConnectionLost { source: err },
+                        _ => Error::Database(err),
+                    }
+                }
+            },
+            err @ sqlx::Error::Io(_) => Error::ConnectionLost { source: err },
+            err @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => Error::Pool(err),
+            err => Error::Database(err),
+        }
+    }
+}
+
+/// For `?` in code that returns `sqlx::Error` (e.g. inside `Connection::transaction`).
+///
+/// * Variants that wrap a `sqlx::Error` (`Deadlock`, `LockTableFull`, `ConnectionLost`, `Pool`,
+///   `Database`) give back **that** error, so its SQLSTATE is not lost.
+/// * The others (`Timeout`, `NotInTransaction`, `NotHeld`, `InvalidTimeout`) become
+///   `sqlx::Error::Database` carrying this error, with the SQLSTATE PostgreSQL uses for the same
+///   condition: `55P03` (lock_not_available), `25P01` (no_active_sql_transaction), none, `22023`
+///   (invalid_parameter_value). `Error::from(that)` gives the original back, and it is also the
+///   `source()` of the database error.
+impl From<Error> for sqlx::Error {
+    fn from(err: Error) -> sqlx::Error {
+        match err {
+            Error::Deadlock { source, .. }
+            | Error::LockTableFull { source, .. }
+            | Error::ConnectionLost { source } => source,
+            Error::Pool(e) | Error::Database(e) => e,
+            other => sqlx::Error::Database(Box::new(Carried::new(other))),
+        }
+    }
+}
+
+/// One of our errors travelling inside a `sqlx::Error::Database`.
+#[derive(Debug)]
+struct Carried(Error, String);
+
+impl Carried {
+    fn new(err: Error) -> Carried {
+        let msg = err.to_string();
+        Carried(err, msg)
+    }
+}
+
+impl fmt::Display for Carried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Carried {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl DatabaseError for Carried {
+    fn message(&self) -> &str {
+        &self.1
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        match self.0 {
+            Error::Timeout { .. } => Some(Cow::Borrowed("55P03")),
+            Error::NotInTransaction { .. } => Some(Cow::Borrowed("25P01")),
+            Error::InvalidTimeout(_) => Some(Cow::Borrowed("22023")),
+            _ => None,
+        }
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
+}

@@ -1,0 +1,266 @@
+//! Session locks on a `PgPool`: [`LockExt`] for `&PgPool` and the owning [`PoolLockGuard`].
+
+use std::fmt;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use advisory_common::sql::{self, Mode, Wait};
+use advisory_common::{Key, LockInfo};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+
+use crate::conn::{LockExt, lock_on};
+use crate::error::{Error, classify};
+use crate::exec::{self, CloseUnlessKept};
+
+/// A session-level advisory lock held by a connection checked out of a `PgPool`; returned by the
+/// [`LockExt`] methods on `&PgPool`.
+///
+/// Owns the checkout (`PoolConnection<Postgres>`), is `'static + Send` (move it into
+/// `tokio::spawn`), and derefs to the `PgConnection`, so the locked connection can be used.
+///
+/// # Release
+/// A pooled connection is never handed to the next user holding the lock:
+/// * [`release`](Self::release) sends the unlock, waits for the server's answer, and returns the
+///   connection to the pool; if it fails (or is cancelled mid-way) the connection is closed.
+/// * **Drop** without `release()` (also on panic unwinding), inside a tokio runtime: a task is
+///   spawned that sends the unlock and then returns the connection to the pool. If the unlock
+///   fails or the server says the lock was not held, or the task is dropped unfinished (runtime
+///   shutting down), the connection is closed instead (`PoolConnection::close_on_drop`), which
+///   ends the session and so releases its locks.
+/// * **Drop outside any runtime**: the connection is detached from the pool and its socket closed
+///   at once (the server ends the session and releases the lock); no panic, although sqlx's own
+///   `PoolConnection` drop spawns a task and would panic without a runtime.
+#[must_use = "dropping the guard releases the lock (asynchronously)"]
+pub struct PoolLockGuard {
+    conn: Option<PoolConnection<Postgres>>,
+    key: Key,
+    mode: Mode,
+}
+
+impl PoolLockGuard {
+    fn new(conn: PoolConnection<Postgres>, key: Key, mode: Mode) -> Self {
+        tracing::debug!(%key, shared = mode == Mode::Shared, "advisory lock acquired on a pooled connection");
+        PoolLockGuard {
+            conn: Some(conn),
+            key,
+            mode,
+        }
+    }
+
+    /// The key this guard holds.
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
+    /// `true` for a shared lock, `false` for an exclusive one.
+    pub fn is_shared(&self) -> bool {
+        self.mode == Mode::Shared
+    }
+
+    /// Release the lock now, wait for the server to confirm it, and return the connection to the
+    /// pool. [`Error::NotHeld`] if the server says the session did not hold it (the connection is
+    /// then closed rather than reused).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before the server's answer arrives, the connection is
+    /// closed instead of returned, so the lock goes with the session.
+    pub async fn release(mut self) -> Result<(), Error> {
+        let (key, mode) = (self.key, self.mode);
+        let conn = self
+            .conn
+            .take()
+            .expect("connection present while the guard lives");
+        let mut held = CloseUnlessKept::new(conn, key, true);
+        let sql = sql::unlock_sql(mode, key.space());
+        match exec::fetch_bool(held.conn(), sql, key, None).await {
+            Ok(true) => {
+                drop(held.keep());
+                tracing::debug!(%key, "advisory lock released; connection returned to the pool");
+                Ok(())
+            }
+            Ok(false) => Err(Error::NotHeld { key }),
+            Err(e) => Err(classify(e, key, None)),
+        }
+    }
+
+    /// Ask the server (`pg_locks`) whether this session still holds the lock, in this guard's
+    /// mode.
+    pub async fn is_held(&mut self) -> Result<bool, Error> {
+        let key = self.key;
+        let sql = sql::held_sql(self.mode, key.space());
+        exec::fetch_bool(self, sql, key, None)
+            .await
+            .map_err(|e| classify(e, key, None))
+    }
+}
+
+async fn release_in_background(held: CloseUnlessKept, key: Key, mode: Mode) {
+    let mut held = held;
+    match exec::fetch_bool(held.conn(), sql::unlock_sql(mode, key.space()), key, None).await {
+        Ok(true) => {
+            drop(held.keep());
+            tracing::debug!(%key, "dropped pool guard: lock released, connection returned to the pool");
+        }
+        Ok(false) => {
+            tracing::warn!(%key, "dropped pool guard: the server says the lock was not held; closing the connection");
+        }
+        Err(error) => {
+            tracing::warn!(%key, %error, "dropped pool guard: unlock failed; closing the connection");
+        }
+    }
+}
+
+impl Drop for PoolLockGuard {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let (key, mode) = (self.key, self.mode);
+        let held = CloseUnlessKept::new(conn, key, true);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(release_in_background(held, key, mode));
+            }
+            Err(_) => {
+                tracing::warn!(%key, "pool guard dropped outside a tokio runtime: closing its connection (the server releases the lock when the session ends)");
+                drop(held);
+            }
+        }
+    }
+}
+
+impl Deref for PoolLockGuard {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn
+            .as_ref()
+            .expect("connection present while the guard lives")
+    }
+}
+
+impl DerefMut for PoolLockGuard {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("connection present while the guard lives")
+    }
+}
+
+impl fmt::Debug for PoolLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolLockGuard")
+            .field("key", &self.key)
+            .field("shared", &self.is_shared())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn acquire(
+    pool: &PgPool,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
+) -> Result<Option<PoolLockGuard>, Error> {
+    // Validate the timeout before checking anything out.
+    exec::lock_statement(
+        advisory_common::sql::Scope::Session,
+        mode,
+        wait,
+        key,
+        timeout,
+    )?;
+    let conn = pool.acquire().await.map_err(Error::Pool)?;
+    // Not armed until the lock statement is about to be sent: dropped before that, the checkout
+    // simply goes back to the pool.
+    let mut held = CloseUnlessKept::new(conn, key, false);
+    let (conn, armed) = held.parts();
+    let locked = lock_on(conn, armed, key, mode, wait, timeout).await?;
+    if locked {
+        Ok(Some(PoolLockGuard::new(held.keep(), key, mode)))
+    } else {
+        Ok(None)
+    }
+}
+
+fn granted(g: Option<PoolLockGuard>) -> PoolLockGuard {
+    g.expect("a waiting acquire either grants the lock or fails")
+}
+
+impl LockExt for &PgPool {
+    type Guard = PoolLockGuard;
+
+    fn advisory_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send {
+        let key = key.into();
+        async move {
+            acquire(self, key, Mode::Exclusive, Wait::Block, None)
+                .await
+                .map(granted)
+        }
+    }
+
+    fn advisory_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send {
+        let key = key.into();
+        async move {
+            acquire(self, key, Mode::Shared, Wait::Block, None)
+                .await
+                .map(granted)
+        }
+    }
+
+    fn try_advisory_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send {
+        let key = key.into();
+        acquire(self, key, Mode::Exclusive, Wait::Try, None)
+    }
+
+    fn try_advisory_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send {
+        let key = key.into();
+        acquire(self, key, Mode::Shared, Wait::Try, None)
+    }
+
+    fn advisory_lock_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send {
+        let key = key.into();
+        async move {
+            acquire(self, key, Mode::Exclusive, Wait::Timeout, Some(timeout))
+                .await
+                .map(granted)
+        }
+    }
+
+    fn advisory_lock_shared_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send {
+        let key = key.into();
+        async move {
+            acquire(self, key, Mode::Shared, Wait::Timeout, Some(timeout))
+                .await
+                .map(granted)
+        }
+    }
+
+    async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
+        let mut conn = self.acquire().await.map_err(Error::Pool)?;
+        exec::advisory_locks(&mut conn).await
+    }
+}
