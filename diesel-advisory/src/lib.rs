@@ -1,1 +1,125 @@
-pub fn x() {}
+//! PostgreSQL advisory locks for [diesel](https://diesel.rs) 2.3 (sync) and
+//! [diesel-async](https://docs.rs/diesel-async) 0.9: session locks with guards, transaction locks
+//! inside `conn.transaction(..)`, and guards that own an r2d2 / bb8 / deadpool checkout.
+//!
+//! The mirror image of `sqlx-advisory`: same method names, same guard methods, same error
+//! variants, same keys (a lock taken here for `"orders:42"` excludes one taken there).
+//!
+//! ```
+//! # #[cfg(feature = "sync")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use diesel::prelude::*;
+//! use diesel_advisory::prelude::*;
+//! # let url = advisory_tests::db().url();
+//!
+//! let mut conn = PgConnection::establish(url)?;
+//! {
+//!     let mut guard = conn.advisory_lock("orders:42")?;   // session lock, guard borrows conn
+//!     assert!(guard.is_held()?);
+//! }                                                        // dropped: unlocked right here
+//! conn.transaction::<_, diesel::result::Error, _>(|conn| {
+//!     conn.xact_lock("orders:42")?;                        // released by COMMIT / ROLLBACK
+//!     Ok(())
+//! })?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "sync"))] fn main() {}
+//! ```
+//!
+//! | | session scope ([`LockExt`], [`AsyncLockExt`]) | transaction scope ([`XactLockExt`], [`AsyncXactLockExt`]) |
+//! |---|---|---|
+//! | released by | the guard (`release()` or drop), or the session ending | COMMIT / ROLLBACK |
+//! | exclusive, wait | `advisory_lock(key)` | `xact_lock(key)` |
+//! | shared, wait | `advisory_lock_shared(key)` | `xact_lock_shared(key)` |
+//! | never wait | `try_advisory_lock[_shared](key)` → `Option<guard>` | `try_xact_lock[_shared](key)` → `bool` |
+//! | wait at most | `advisory_lock[_shared]_timeout(key, d)` | `xact_lock[_shared]_timeout(key, d)` |
+//!
+//! Keys are anything `Into<`[`Key`]`>`: `42_i64`, `(1, 2)`, or a string (hashed with
+//! [`Key::name`]).
+//!
+//! # Features
+//!
+//! | feature | default | brings in |
+//! |---|---|---|
+//! | `sync` | yes | [`LockExt`] / [`XactLockExt`] for diesel's `PgConnection` (links **libpq**) |
+//! | `r2d2` | | [`R2d2LockGuard`] (implies `sync`) |
+//! | `async` | | [`AsyncLockExt`] / [`AsyncXactLockExt`] for `AsyncPgConnection` (tokio-postgres) |
+//! | `bb8` | | `Bb8LockGuard` (implies `async`) |
+//! | `deadpool` | | `DeadpoolLockGuard` (implies `async`) |
+//!
+//! A diesel-async user never links libpq:
+//! `diesel-advisory = { version = "0.1", default-features = false, features = ["async", "bb8"] }`
+//! builds without `pq-sys`: `cargo tree -p diesel-advisory --no-default-features --features
+//! async,bb8 -e no-dev | grep pq-sys` prints nothing (only this crate's own dev-dependencies, used
+//! by its tests, link libpq; dependents never build those).
+//!
+//! # Statements
+//!
+//! Every statement text comes from [`advisory_common::sql`]; keys and timeouts are bind
+//! parameters. The lock, unlock and `pg_locks` statements are run through a diesel query type that
+//! diesel's statement cache (shared by diesel and diesel-async) caches by SQL text, so each is
+//! parsed once per connection. Timed attempts inside a transaction use one simple-protocol
+//! savepoint batch so a timeout does not abort your transaction.
+//!
+//! # Errors
+//!
+//! diesel does not expose an error's SQLSTATE, so lock failures (`Timeout`, `Deadlock`,
+//! `LockTableFull`, `ConnectionLost`) are recognised by the server's primary message. If the
+//! server's `lc_messages` selects a translated language, they arrive as [`Error::Database`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(missing_debug_implementations)]
+// With neither `sync` nor `async` only the error type is left.
+#![cfg_attr(not(any(feature = "sync", feature = "async")), allow(dead_code))]
+
+mod error;
+mod request;
+mod stmt;
+
+#[cfg(feature = "sync")]
+mod conn;
+#[cfg(feature = "sync")]
+mod guard;
+#[cfg(feature = "sync")]
+mod xact;
+
+#[cfg(feature = "async")]
+mod async_conn;
+#[cfg(feature = "async")]
+mod async_guard;
+#[cfg(feature = "async")]
+mod async_xact;
+
+#[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
+mod pool;
+
+pub use advisory_common::{Key, LockInfo, LockMode};
+pub use error::{Error, PoolError};
+
+#[cfg(feature = "sync")]
+pub use conn::LockExt;
+#[cfg(feature = "sync")]
+pub use guard::LockGuard;
+#[cfg(feature = "sync")]
+pub use xact::XactLockExt;
+
+#[cfg(feature = "async")]
+pub use async_conn::AsyncLockExt;
+#[cfg(feature = "async")]
+pub use async_guard::AsyncLockGuard;
+#[cfg(feature = "async")]
+pub use async_xact::AsyncXactLockExt;
+
+#[cfg(feature = "bb8")]
+pub use pool::bb8::Bb8LockGuard;
+#[cfg(feature = "deadpool")]
+pub use pool::deadpool::DeadpoolLockGuard;
+#[cfg(feature = "r2d2")]
+pub use pool::r2d2::R2d2LockGuard;
+
+/// `use diesel_advisory::prelude::*;` brings every extension trait into scope.
+pub mod prelude {
+    #[cfg(feature = "async")]
+    pub use crate::{AsyncLockExt, AsyncXactLockExt};
+    #[cfg(feature = "sync")]
+    pub use crate::{LockExt, XactLockExt};
+}

@@ -1,0 +1,283 @@
+//! Session-scope locks for diesel's sync `PgConnection`: [`LockExt`].
+
+use std::time::Duration;
+
+use advisory_common::sql::{Mode, SAVEPOINT_ROLLBACK, Scope};
+use advisory_common::{Key, LockInfo};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::{PgConnection, RunQueryDsl};
+
+use crate::Error;
+use crate::guard::LockGuard;
+use crate::request::{How, Request, granted, held_stmt, sync_lock_methods, unlock_stmt};
+use crate::stmt::{LocksRow, decode_locks, locks_stmt};
+
+/// Session-scope advisory locks for diesel's sync API.
+///
+/// Implemented for `&mut PgConnection` (the guard, [`LockGuard`], borrows the connection and
+/// derefs to it) and, with the `r2d2` feature, for `&r2d2::Pool<ConnectionManager<PgConnection>>`
+/// (the guard, [`R2d2LockGuard`](crate::R2d2LockGuard), owns its pooled connection). Method-call
+/// autoref makes `conn.advisory_lock(k)` and `pool.advisory_lock(k)` both work.
+///
+/// A session lock is held until the guard releases it ([`LockGuard::release`] or drop) or the
+/// session ends. It is **not** released by a transaction's COMMIT or ROLLBACK: a session lock taken
+/// inside a transaction that rolls back stays held. PostgreSQL's advisory locks are re-entrant: a
+/// session that takes the same key twice holds it twice and needs two releases (two guards).
+///
+/// # Cancel safety
+///
+/// The sync calls cannot be cancelled half-way. A panic inside a guard's scope drops the guard,
+/// whose `Drop` releases the lock synchronously before the unwind continues.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_advisory::prelude::*;
+/// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+///
+/// let guard = conn.advisory_lock("orders:42")?;       // waits until granted
+/// // ... the guard derefs to the connection: use it for queries ...
+/// guard.release()?;                                     // or just drop it
+///
+/// if let Some(guard) = conn.try_advisory_lock_shared(42_i64)? {
+///     assert!(guard.is_shared());
+/// }
+/// # Ok::<(), diesel_advisory::Error>(())
+/// ```
+pub trait LockExt: Sized {
+    /// The guard that holds the lock.
+    type Guard;
+
+    /// Take `key` exclusively, waiting as long as it takes.
+    ///
+    /// One prepared, cached statement (`pg_advisory_lock`); the lock is released by the guard
+    /// (release or drop) or when the session ends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Sync: nothing to cancel. Drop of the guard releases the lock synchronously; see
+    /// [`LockGuard`] for what happens if that unlock fails.
+    ///
+    /// ```
+    /// # use diesel::prelude::*;
+    /// # use diesel_advisory::prelude::*;
+    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// let guard = conn.advisory_lock((7, 9))?;
+    /// assert_eq!(guard.key(), diesel_advisory::Key::Pair(7, 9));
+    /// # Ok::<(), diesel_advisory::Error>(())
+    /// ```
+    fn advisory_lock(self, key: impl Into<Key>) -> Result<Self::Guard, Error>;
+
+    /// Take `key` in shared mode (conflicts only with exclusive holders), waiting as long as it
+    /// takes. Released like [`LockExt::advisory_lock`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Sync: nothing to cancel; the guard's drop releases synchronously.
+    ///
+    /// ```
+    /// # use diesel::prelude::*;
+    /// # use diesel_advisory::prelude::*;
+    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// let guard = conn.advisory_lock_shared("config")?;
+    /// assert!(guard.is_shared());
+    /// # Ok::<(), diesel_advisory::Error>(())
+    /// ```
+    fn advisory_lock_shared(self, key: impl Into<Key>) -> Result<Self::Guard, Error>;
+
+    /// Try to take `key` exclusively without waiting: `None` if another session holds it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Sync: nothing to cancel; the guard's drop releases synchronously.
+    ///
+    /// ```
+    /// # use diesel::prelude::*;
+    /// # use diesel_advisory::prelude::*;
+    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// match conn.try_advisory_lock("nightly-report")? {
+    ///     Some(guard) => guard.release()?,
+    ///     None => println!("someone else is running it"),
+    /// }
+    /// # Ok::<(), diesel_advisory::Error>(())
+    /// ```
+    fn try_advisory_lock(self, key: impl Into<Key>) -> Result<Option<Self::Guard>, Error>;
+
+    /// Try to take `key` in shared mode without waiting: `None` if an exclusive holder exists.
+    ///
+    /// # Cancel safety
+    ///
+    /// Sync: nothing to cancel; the guard's drop releases synchronously.
+    ///
+    /// ```
+    /// # use diesel::prelude::*;
+    /// # use diesel_advisory::prelude::*;
+    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// assert!(conn.try_advisory_lock_shared(1_i64)?.is_some());
+    /// # Ok::<(), diesel_advisory::Error>(())
+    /// ```
+    fn try_advisory_lock_shared(self, key: impl Into<Key>) -> Result<Option<Self::Guard>, Error>;
+
+    /// Take `key` exclusively, waiting at most `timeout` ([`Error::Timeout`] after that).
+    ///
+    /// The wait is enforced by the server (`lock_timeout`, one round trip) and the session's
+    /// `lock_timeout` is unchanged afterwards. Inside an open diesel transaction the attempt runs
+    /// in a savepoint, so a timeout does not abort your transaction.
+    ///
+    /// # Cancel safety
+    ///
+    /// Sync: nothing to cancel; the guard's drop releases synchronously.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use diesel::prelude::*;
+    /// # use diesel_advisory::prelude::*;
+    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// let guard = conn.advisory_lock_timeout("orders:42", Duration::from_secs(5))?;
+    /// # drop(guard);
+    /// # Ok::<(), diesel_advisory::Error>(())
+    /// ```
+    fn advisory_lock_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> Result<Self::Guard, Error>;
+
+    /// Take `key` in shared mode, waiting at most `timeout`; see
+    /// [`LockExt::advisory_lock_timeout`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Sync: nothing to cancel; the guard's drop releases synchronously.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use diesel::prelude::*;
+    /// # use diesel_advisory::prelude::*;
+    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// let guard = conn.advisory_lock_shared_timeout(5_i64, Duration::from_millis(200))?;
+    /// # drop(guard);
+    /// # Ok::<(), diesel_advisory::Error>(())
+    /// ```
+    fn advisory_lock_shared_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> Result<Self::Guard, Error>;
+
+    /// Every advisory lock in the current database (held or awaited, by any session), decoded
+    /// into [`LockInfo`]: the first thing to look at when a lock is stuck.
+    ///
+    /// ```
+    /// # use diesel::prelude::*;
+    /// # use diesel_advisory::prelude::*;
+    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// let mut guard = conn.advisory_lock(-77_i64)?;
+    /// let key = guard.key();
+    /// assert!(guard.advisory_locks()?.iter().any(|l| l.key == key && l.granted));
+    /// # Ok::<(), diesel_advisory::Error>(())
+    /// ```
+    fn advisory_locks(self) -> Result<Vec<LockInfo>, Error>;
+}
+
+impl<'c> LockExt for &'c mut PgConnection {
+    type Guard = LockGuard<'c>;
+
+    sync_lock_methods!(acquire_borrowed);
+
+    fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
+        locks(self)
+    }
+}
+
+fn acquire_borrowed(conn: &mut PgConnection, req: Request) -> Result<Option<LockGuard<'_>>, Error> {
+    Ok(lock(conn, Scope::Session, &req)?.then(|| LockGuard::new(conn, req.key, req.mode)))
+}
+
+/// diesel's own bookkeeping: is a transaction (or savepoint) open? No round trip.
+pub(crate) fn transaction_depth(conn: &mut PgConnection) -> Result<u32, Error> {
+    AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .map(|d| d.map_or(0, |d| d.get()))
+        .map_err(Error::Database)
+}
+
+/// Send one acquire; `Ok(true)` when granted.
+///
+/// PostgreSQL can report `lock_timeout` (55P03) for a wait that was granted in the same instant:
+/// `LockErrorCleanup` (src/backend/storage/lmgr/proc.c) keeps a lock granted while the timeout
+/// was being processed and the error is raised anyway. A transaction-level lock goes away with
+/// the failed statement (or the rolled-back savepoint), a session-level one stays. A waiting
+/// acquire only ever waits for a key this session does not hold in that mode, so after a
+/// session-scope timeout `held_sql` answers exactly "was it granted in that instant": if so, the
+/// lock is kept and reported as acquired.
+pub(crate) fn lock(conn: &mut PgConnection, scope: Scope, req: &Request) -> Result<bool, Error> {
+    let ms = req.millis()?;
+    let result = match (req.how, ms) {
+        (How::Timeout(_), Some(ms)) if transaction_depth(conn)? > 0 => {
+            lock_in_savepoint(conn, scope, req, ms)
+        }
+        _ => req
+            .lock_stmt(scope, ms)
+            .get_result::<bool>(conn)
+            .map_err(|e| req.classify(e)),
+    };
+    let locked = match result {
+        Err(Error::Timeout { .. }) if scope == Scope::Session && held(conn, req.key, req.mode)? => {
+            tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
+            true
+        }
+        other => other?,
+    };
+    tracing::debug!(key = %req.key, mode = crate::request::mode_name(req.mode), ?scope, locked, "advisory lock");
+    Ok(locked)
+}
+
+/// A timed attempt inside a transaction block: one simple-protocol batch (savepoint, timed
+/// lock, release); on failure roll back to the savepoint so the caller's transaction survives.
+fn lock_in_savepoint(
+    conn: &mut PgConnection,
+    scope: Scope,
+    req: &Request,
+    ms: i32,
+) -> Result<bool, Error> {
+    match conn.batch_execute(&req.savepoint_batch(scope, ms)) {
+        Ok(()) => {
+            tracing::debug!(key = %req.key, ?scope, "advisory lock (in savepoint)");
+            Ok(true)
+        }
+        Err(err) => {
+            if let Err(rollback) = conn.batch_execute(SAVEPOINT_ROLLBACK) {
+                tracing::warn!(key = %req.key, error = %rollback, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
+                return Err(Error::Database(err));
+            }
+            Err(req.classify(err))
+        }
+    }
+}
+
+/// Release one session-level hold: `Ok(false)` if the server says it was not held.
+pub(crate) fn unlock(conn: &mut PgConnection, key: Key, mode: Mode) -> Result<bool, Error> {
+    let unlocked = unlock_stmt(key, mode)
+        .get_result::<bool>(conn)
+        .map_err(|e| crate::error::classify(e, key, None))?;
+    tracing::debug!(key = %key, mode = crate::request::mode_name(mode), unlocked, "advisory unlock");
+    Ok(unlocked)
+}
+
+/// Does this session hold `key` in `mode`, according to `pg_locks`?
+pub(crate) fn held(conn: &mut PgConnection, key: Key, mode: Mode) -> Result<bool, Error> {
+    held_stmt(key, mode)
+        .get_result::<bool>(conn)
+        .map_err(|e| crate::error::classify(e, key, None))
+}
+
+pub(crate) fn locks(conn: &mut PgConnection) -> Result<Vec<LockInfo>, Error> {
+    Ok(decode_locks(locks_stmt().load::<LocksRow>(conn)?))
+}
+
+/// Make diesel (and every pool) treat this connection as broken: its transaction manager goes
+/// `InError`, so r2d2 discards it at check-in and `transaction()` fails with
+/// `BrokenTransactionManager` instead of running on a session in an unknown lock state.
+pub(crate) fn mark_broken(conn: &mut PgConnection) {
+    AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
+}

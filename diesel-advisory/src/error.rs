@@ -1,0 +1,178 @@
+//! The crate's error type and the one classification of diesel errors.
+
+use std::time::Duration;
+
+use advisory_common::{ErrorKind, Key, TimeoutOutOfRange, classify_sqlstate};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// A pool checkout failure (`r2d2::Error`, bb8's `RunError`, deadpool's `PoolError`), boxed so
+/// that the error type does not depend on which pool features are enabled.
+pub type PoolError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything an advisory-lock call can fail with.
+///
+/// The variants are the same as in `sqlx-advisory`; [`Error::kind`] gives the driver-independent
+/// [`ErrorKind`]. `?` converts in both directions between this type and
+/// [`diesel::result::Error`], so the lock calls work inside `conn.transaction(..)` closures of
+/// either error type (see [`From<Error> for diesel::result::Error`](#impl-From%3CError%3E-for-Error)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server-side `lock_timeout` expired before the lock was granted (SQLSTATE `55P03`).
+    #[error("{}: {key} after {timeout:?}", ErrorKind::Timeout.describe())]
+    Timeout {
+        /// The key that was not granted.
+        key: Key,
+        /// The timeout the caller asked for.
+        timeout: Duration,
+    },
+    /// The server broke a deadlock by failing this wait (SQLSTATE `40P01`).
+    #[error("{}: {key}", ErrorKind::Deadlock.describe())]
+    Deadlock {
+        /// The key that was waited for.
+        key: Key,
+        /// The server's error.
+        source: DieselError,
+    },
+    /// The server's shared lock table is full (SQLSTATE `53200`).
+    #[error("{}: {key}", ErrorKind::LockTableFull.describe())]
+    LockTableFull {
+        /// The key that could not be taken.
+        key: Key,
+        /// The server's error.
+        source: DieselError,
+    },
+    /// A transaction-level lock was requested while diesel had no transaction open; nothing was
+    /// sent to the server.
+    #[error("{}: {key}", ErrorKind::NotInTransaction.describe())]
+    NotInTransaction {
+        /// The key that was requested.
+        key: Key,
+    },
+    /// `release` was called but the server says this session did not hold the lock.
+    #[error("{}: {key}", ErrorKind::NotHeld.describe())]
+    NotHeld {
+        /// The key that was released.
+        key: Key,
+    },
+    /// The connection was lost; every session lock it held is gone with it.
+    #[error("{}", ErrorKind::ConnectionLost.describe())]
+    ConnectionLost {
+        /// The driver's error.
+        source: DieselError,
+    },
+    /// The timeout cannot be expressed as PostgreSQL's `lock_timeout`.
+    #[error(transparent)]
+    InvalidTimeout(#[from] TimeoutOutOfRange),
+    /// No connection could be checked out of the pool.
+    #[error("cannot check out a connection from the pool: {0}")]
+    Pool(#[source] PoolError),
+    /// Any other database error.
+    #[error(transparent)]
+    Database(DieselError),
+}
+
+impl Error {
+    /// The driver-independent kind of this error, `None` for [`Error::InvalidTimeout`],
+    /// [`Error::Pool`] and [`Error::Database`].
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Error::Timeout { .. } => Some(ErrorKind::Timeout),
+            Error::Deadlock { .. } => Some(ErrorKind::Deadlock),
+            Error::LockTableFull { .. } => Some(ErrorKind::LockTableFull),
+            Error::NotInTransaction { .. } => Some(ErrorKind::NotInTransaction),
+            Error::NotHeld { .. } => Some(ErrorKind::NotHeld),
+            Error::ConnectionLost { .. } => Some(ErrorKind::ConnectionLost),
+            Error::InvalidTimeout(_) | Error::Pool(_) | Error::Database(_) => None,
+        }
+    }
+
+    #[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
+    pub(crate) fn pool(err: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Pool(Box::new(err))
+    }
+}
+
+/// The SQLSTATE of a diesel error, as far as it can be known.
+///
+/// diesel's [`DatabaseErrorInformation`](diesel::result::DatabaseErrorInformation) does not expose
+/// the SQLSTATE (neither for libpq nor for tokio-postgres), so the lock failures are recognised by
+/// the server's primary message, which PostgreSQL writes in English unless the server's
+/// `lc_messages` selects a translation; lost connections by diesel's own error kinds.
+fn sqlstate(err: &DieselError) -> Option<&'static str> {
+    match err {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => Some("08006"),
+        DieselError::DatabaseError(_, info) => match info.message() {
+            "canceling statement due to lock timeout" => Some("55P03"),
+            "deadlock detected" => Some("40P01"),
+            "out of shared memory" => Some("53200"),
+            "terminating connection due to administrator command" => Some("57P01"),
+            "terminating connection due to idle-session timeout" => Some("57P05"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The one place a diesel error from a lock call becomes an [`Error`]: through
+/// [`advisory_common::classify_sqlstate`]. `timeout` is the caller's timeout for a timed call.
+pub(crate) fn classify(err: DieselError, key: Key, timeout: Option<Duration>) -> Error {
+    let kind = sqlstate(&err).and_then(classify_sqlstate);
+    match (kind, timeout) {
+        (Some(ErrorKind::Timeout), Some(timeout)) => Error::Timeout { key, timeout },
+        (Some(ErrorKind::Deadlock), _) => Error::Deadlock { key, source: err },
+        (Some(ErrorKind::LockTableFull), _) => Error::LockTableFull { key, source: err },
+        (Some(ErrorKind::ConnectionLost), _) => Error::ConnectionLost { source: err },
+        _ => Error::Database(err),
+    }
+}
+
+/// Wraps a diesel error that did not come from a lock call.
+///
+/// An error that is itself a boxed [`Error`] (see the reverse conversion) is unwrapped again, so
+/// a round trip through a `diesel::result::Error` closure loses nothing.
+impl From<DieselError> for Error {
+    fn from(err: DieselError) -> Error {
+        match err {
+            DieselError::QueryBuilderError(inner) if inner.is::<Error>() => *inner
+                .downcast::<Error>()
+                .expect("checked with is::<Error>()"),
+            other => match sqlstate(&other).and_then(classify_sqlstate) {
+                Some(ErrorKind::ConnectionLost) => Error::ConnectionLost { source: other },
+                _ => Error::Database(other),
+            },
+        }
+    }
+}
+
+/// Lets `?` use a lock call inside `conn.transaction::<_, diesel::result::Error, _>(..)`.
+///
+/// A variant that carries the server's error (`Deadlock`, `LockTableFull`, `ConnectionLost`,
+/// `Database`) gives that original diesel error back, so diesel's transaction handling sees
+/// exactly what the server said. The others (`Timeout`, `NotInTransaction`, `NotHeld`,
+/// `InvalidTimeout`, `Pool`) are boxed whole in
+/// [`diesel::result::Error::QueryBuilderError`] and can be recovered with `downcast_ref::<Error>()`
+/// or by converting back with `Error::from`.
+///
+/// ```
+/// # use diesel::prelude::*;
+/// use diesel_advisory::{Error, Key};
+///
+/// let ours = Error::NotInTransaction { key: Key::BigInt(1) };
+/// let theirs = diesel::result::Error::from(ours);
+/// assert!(matches!(Error::from(theirs), Error::NotInTransaction { key: Key::BigInt(1) }));
+/// ```
+impl From<Error> for DieselError {
+    fn from(err: Error) -> DieselError {
+        match err {
+            Error::Deadlock { source, .. }
+            | Error::LockTableFull { source, .. }
+            | Error::ConnectionLost { source }
+            | Error::Database(source) => source,
+            other => DieselError::QueryBuilderError(Box::new(other)),
+        }
+    }
+}

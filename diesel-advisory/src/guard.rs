@@ -1,0 +1,175 @@
+//! The sync session-lock guards: [`LockGuard`] and the machinery shared with the r2d2 guard.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+use advisory_common::Key;
+use advisory_common::sql::Mode;
+use diesel::PgConnection;
+
+use crate::Error;
+use crate::conn::{held, mark_broken, unlock};
+
+/// A held session lock on a connection `C` (`&mut PgConnection` or a pooled connection).
+///
+/// Drop releases synchronously; if that unlock fails the connection is marked broken.
+pub(crate) struct Held<C: DerefMut<Target = PgConnection>> {
+    conn: Option<C>,
+    key: Key,
+    mode: Mode,
+}
+
+impl<C: DerefMut<Target = PgConnection>> Held<C> {
+    pub(crate) fn new(conn: C, key: Key, mode: Mode) -> Self {
+        Held {
+            conn: Some(conn),
+            key,
+            mode,
+        }
+    }
+
+    pub(crate) fn key(&self) -> Key {
+        self.key
+    }
+
+    pub(crate) fn is_shared(&self) -> bool {
+        self.mode == Mode::Shared
+    }
+
+    pub(crate) fn conn(&self) -> &PgConnection {
+        self.conn.as_deref().expect("present until release/drop")
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_deref_mut()
+            .expect("present until release/drop")
+    }
+
+    pub(crate) fn is_held(&mut self) -> Result<bool, Error> {
+        let (key, mode) = (self.key, self.mode);
+        held(self.conn_mut(), key, mode)
+    }
+
+    /// Unlock now. On an error the lock's state is unknown (e.g. the transaction is aborted):
+    /// the connection is marked broken, exactly as on drop.
+    pub(crate) fn release(mut self) -> Result<(), Error> {
+        let mut conn = self.conn.take().expect("present until release/drop");
+        match unlock(&mut conn, self.key, self.mode) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::NotHeld { key: self.key }),
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "advisory unlock failed; marking the connection broken so it is not reused holding the lock");
+                mark_broken(&mut conn);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<C: DerefMut<Target = PgConnection>> Drop for Held<C> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        match unlock(&mut conn, self.key, self.mode) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(key = %self.key, "advisory lock was not held when its guard was dropped");
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "advisory unlock on drop failed; marking the connection broken (pools discard it, transaction() fails) instead of leaking the lock silently");
+                mark_broken(&mut conn);
+            }
+        }
+    }
+}
+
+impl<C: DerefMut<Target = PgConnection>> fmt::Debug for Held<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Held")
+            .field("key", &self.key)
+            .field("mode", &self.mode)
+            .field("released", &self.conn.is_none())
+            .finish()
+    }
+}
+
+/// A session lock held on a borrowed `PgConnection`, from [`LockExt`](crate::LockExt) on
+/// `&mut PgConnection`.
+///
+/// Derefs to the connection, so you keep using it (queries, `transaction`, ...) while holding the
+/// lock.
+///
+/// # Release
+///
+/// * [`LockGuard::release`] unlocks and reports the server's answer ([`Error::NotHeld`] if the
+///   session did not hold it).
+/// * **Drop** unlocks synchronously (also during a panic unwind). If that unlock fails, the lock's
+///   state is unknown, so the connection's diesel transaction manager is set to `InError`: pools
+///   discard the connection at check-in (closing the session releases its locks) and
+///   `transaction()` fails with `BrokenTransactionManager` instead of silently running on a
+///   session that still holds the lock.
+/// * The typical way for the unlock to fail is dropping the guard **inside a transaction that is
+///   already aborted** (SQLSTATE `25P02`), e.g. `?` returning a query error from a
+///   `conn.transaction(..)` closure that took the guard. Then diesel skips the ROLLBACK (its
+///   transaction manager is broken), the server-side transaction stays open and aborted, and the
+///   lock stays held until the connection is closed: drop the connection (a pool does that for
+///   you). Take session locks *before* `transaction(..)`, or use
+///   [`XactLockExt`](crate::XactLockExt) inside it, and this cannot happen.
+/// * A session lock is not released by COMMIT or ROLLBACK: the guard can be kept across a failed
+///   `guard.transaction(..)` and released afterwards.
+#[must_use = "the lock is released when the guard is dropped"]
+#[derive(Debug)]
+pub struct LockGuard<'c>(Held<&'c mut PgConnection>);
+
+impl<'c> LockGuard<'c> {
+    pub(crate) fn new(conn: &'c mut PgConnection, key: Key, mode: Mode) -> Self {
+        LockGuard(Held::new(conn, key, mode))
+    }
+
+    /// The locked key.
+    pub fn key(&self) -> Key {
+        self.0.key()
+    }
+
+    /// `true` for a shared lock, `false` for an exclusive one.
+    pub fn is_shared(&self) -> bool {
+        self.0.is_shared()
+    }
+
+    /// Does the session still hold the lock? Asks `pg_locks` (one round trip), so it notices a
+    /// lock released behind the guard's back (`pg_advisory_unlock_all()`).
+    pub fn is_held(&mut self) -> Result<bool, Error> {
+        self.0.is_held()
+    }
+
+    /// Unlock now and report the server's answer: [`Error::NotHeld`] if the session did not hold
+    /// the lock. If the unlock itself fails the connection is marked broken, as on drop.
+    ///
+    /// ```
+    /// # use diesel::prelude::*;
+    /// # use diesel_advisory::prelude::*;
+    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// let guard = conn.advisory_lock(12_i64)?;
+    /// guard.release()?;
+    /// # Ok::<(), diesel_advisory::Error>(())
+    /// ```
+    pub fn release(self) -> Result<(), Error> {
+        self.0.release()
+    }
+}
+
+impl Deref for LockGuard<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.0.conn()
+    }
+}
+
+impl DerefMut for LockGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.0.conn_mut()
+    }
+}

@@ -1,0 +1,136 @@
+//! The bb8 pool guard: [`Bb8LockGuard`].
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use advisory_common::sql::Mode;
+use advisory_common::{Key, LockInfo};
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::bb8::Pool;
+
+use super::checkout::{Checkout, PoolHeld, acquire};
+use crate::async_conn::{locks, mark_broken};
+use crate::request::{How, Request, async_lock_methods, granted};
+use crate::{AsyncLockExt, Error};
+
+type Bb8Conn = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+impl Checkout for Bb8Conn {
+    /// `set_in_error` makes `AsyncPgConnection::is_broken()` true, so bb8's `put_back` (via
+    /// `ManageConnection::has_broken`) drops it instead of returning it to the idle set.
+    fn discard(mut self) {
+        mark_broken(&mut self);
+        drop(self);
+    }
+}
+
+/// A session lock held on a connection checked out of a diesel-async bb8 pool, from
+/// [`AsyncLockExt`] on `&bb8::Pool<AsyncPgConnection>`.
+///
+/// The guard owns the checkout (`get_owned`: `'static`, `Send`), derefs to the connection, and
+/// can be kept for a whole workflow, across `.await`s and into `tokio::spawn`, while the pool
+/// keeps serving everyone else.
+///
+/// # Release
+///
+/// * [`Bb8LockGuard::release`] unlocks and returns the connection to the pool.
+/// * **Drop** spawns a task (on the runtime the lock was taken on) that unlocks and then returns
+///   the connection. If that unlock fails or answers "not held", or the task is dropped unfinished
+///   (runtime shutting down), the connection is marked broken and bb8 closes it instead of
+///   reusing it: closing the session releases the lock. Outside any runtime the connection is
+///   discarded at once. (bb8 itself spawns a task when a discarded connection takes the pool
+///   below `min_idle`; keep `min_idle` unset if you drop guards outside a runtime.)
+///
+/// ```
+/// use diesel_async::AsyncPgConnection;
+/// use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+/// use diesel_async::pooled_connection::bb8::Pool;
+/// use diesel_advisory::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let url = advisory_tests::db().url();
+/// let pool = Pool::builder()
+///     .max_size(2)
+///     .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
+///     .await?;
+///
+/// let guard = pool.advisory_lock("orders:42").await?;
+/// tokio::spawn(async move {
+///     // ... a long workflow; other tasks keep using `pool` ...
+///     guard.release().await
+/// })
+/// .await??;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "the lock is released when the guard is dropped"]
+#[derive(Debug)]
+pub struct Bb8LockGuard(PoolHeld<Bb8Conn>);
+
+impl Bb8LockGuard {
+    /// The locked key.
+    pub fn key(&self) -> Key {
+        self.0.key()
+    }
+
+    /// `true` for a shared lock, `false` for an exclusive one.
+    pub fn is_shared(&self) -> bool {
+        self.0.is_shared()
+    }
+
+    /// Does the session still hold the lock? Asks `pg_locks`.
+    pub async fn is_held(&mut self) -> Result<bool, Error> {
+        self.0.is_held().await
+    }
+
+    /// Unlock, report the server's answer ([`Error::NotHeld`]), and return the connection to the
+    /// pool (discarded instead if the unlock did not succeed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped half-way, the connection is discarded: its session ends and the lock with it.
+    pub async fn release(self) -> Result<(), Error> {
+        self.0.release().await
+    }
+}
+
+impl Deref for Bb8LockGuard {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        self.0.conn()
+    }
+}
+
+impl DerefMut for Bb8LockGuard {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.0.conn_mut()
+    }
+}
+
+impl AsyncLockExt for &Pool<AsyncPgConnection> {
+    type Guard = Bb8LockGuard;
+
+    async_lock_methods!(acquire_bb8);
+
+    async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
+        let mut conn = self.get().await.map_err(Error::pool)?;
+        locks(&mut conn).await
+    }
+}
+
+async fn acquire_bb8(
+    pool: &Pool<AsyncPgConnection>,
+    req: Request,
+) -> Result<Option<Bb8LockGuard>, Error> {
+    req.millis()?;
+    let conn = pool.get_owned().await.map_err(Error::pool)?;
+    Ok(acquire(conn, req).await?.map(Bb8LockGuard))
+}
+
+const _: () = {
+    const fn is_send<T: Send + 'static>() {}
+    is_send::<Bb8LockGuard>();
+};

@@ -1,0 +1,177 @@
+//! What the bb8 and deadpool guards share: an owned checkout that is either returned healthy or
+//! discarded, never returned holding a lock.
+
+use std::fmt;
+use std::ops::DerefMut;
+
+use advisory_common::Key;
+use advisory_common::sql::{Mode, Scope};
+use diesel_async::AsyncPgConnection;
+use tokio::runtime::Handle;
+
+use crate::Error;
+use crate::async_conn::{held, lock, unlock};
+use crate::request::Request;
+
+/// An owned, `'static` pool checkout of an `AsyncPgConnection`.
+pub(crate) trait Checkout:
+    DerefMut<Target = AsyncPgConnection> + Send + Sized + 'static
+{
+    /// Close the connection instead of returning it to the pool (its session, and every lock it
+    /// holds, ends with it). Must not need a runtime.
+    fn discard(self);
+}
+
+/// Discards the checkout if dropped while still holding it (an acquire or release future
+/// dropped after sending, a release task dropped by a shutting-down runtime).
+struct DiscardOnDrop<C: Checkout> {
+    conn: Option<C>,
+    /// Fired at the server when discarding, so a backend blocked in a lock wait (which does not
+    /// notice its client going away) stops waiting and ends.
+    cancel: Option<(Handle, tokio_postgres::CancelToken)>,
+    key: Key,
+}
+
+impl<C: Checkout> DiscardOnDrop<C> {
+    fn conn(&mut self) -> &mut AsyncPgConnection {
+        self.conn.as_deref_mut().expect("armed")
+    }
+
+    fn disarm(mut self) -> C {
+        self.conn.take().expect("armed")
+    }
+}
+
+impl<C: Checkout> Drop for DiscardOnDrop<C> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        tracing::warn!(key = %self.key, "advisory lock call on a pooled connection was cancelled or failed mid-flight; discarding the connection instead of returning it to the pool");
+        if let Some((handle, token)) = self.cancel.take() {
+            handle.spawn(async move {
+                if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
+                    tracing::warn!(error = %e, "could not send the cancel request");
+                }
+            });
+        }
+        conn.discard();
+    }
+}
+
+/// Check the lock on an owned checkout. Dropped after the statement may have been sent, the
+/// checkout is discarded and the server-side wait cancelled.
+pub(crate) async fn acquire<C: Checkout>(
+    conn: C,
+    req: Request,
+) -> Result<Option<PoolHeld<C>>, Error> {
+    let handle = Handle::try_current().ok();
+    let cancel = handle.clone().map(|h| (h, conn.cancel_token()));
+    let mut armed = DiscardOnDrop {
+        conn: Some(conn),
+        cancel,
+        key: req.key,
+    };
+    let result = lock(armed.conn(), Scope::Session, &req).await;
+    // The statement finished: whatever it did is known, the connection is in a clean state.
+    let conn = armed.disarm();
+    Ok(result?.then(|| PoolHeld {
+        conn: Some(conn),
+        key: req.key,
+        mode: req.mode,
+        handle,
+    }))
+}
+
+/// A held session lock on an owned checkout.
+pub(crate) struct PoolHeld<C: Checkout> {
+    conn: Option<C>,
+    key: Key,
+    mode: Mode,
+    /// The runtime the lock was taken on, for the drop-time release task.
+    handle: Option<Handle>,
+}
+
+impl<C: Checkout> PoolHeld<C> {
+    pub(crate) fn key(&self) -> Key {
+        self.key
+    }
+
+    pub(crate) fn is_shared(&self) -> bool {
+        self.mode == Mode::Shared
+    }
+
+    pub(crate) fn conn(&self) -> &AsyncPgConnection {
+        self.conn.as_deref().expect("present until release/drop")
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut AsyncPgConnection {
+        self.conn
+            .as_deref_mut()
+            .expect("present until release/drop")
+    }
+
+    pub(crate) async fn is_held(&mut self) -> Result<bool, Error> {
+        let (key, mode) = (self.key, self.mode);
+        held(self.conn_mut(), key, mode).await
+    }
+
+    pub(crate) async fn release(mut self) -> Result<(), Error> {
+        let conn = self.conn.take().expect("present until release/drop");
+        release(conn, self.key, self.mode).await
+    }
+}
+
+/// Unlock, then return the checkout to the pool; discard it if the unlock did not succeed or
+/// this future is dropped half-way.
+async fn release<C: Checkout>(conn: C, key: Key, mode: Mode) -> Result<(), Error> {
+    let mut armed = DiscardOnDrop {
+        conn: Some(conn),
+        cancel: None,
+        key,
+    };
+    let result = unlock(armed.conn(), key, mode).await;
+    match result {
+        Ok(true) => {
+            drop(armed.disarm());
+            Ok(())
+        }
+        // `armed` discards the checkout on the way out: its lock state is not what we expected.
+        Ok(false) => Err(Error::NotHeld { key }),
+        Err(e) => Err(e),
+    }
+}
+
+impl<C: Checkout> Drop for PoolHeld<C> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let (key, mode) = (self.key, self.mode);
+        match self.handle.clone().or_else(|| Handle::try_current().ok()) {
+            // On a runtime that has shut down, `spawn` drops the task at once, and with it the
+            // checkout, which `release`'s guard discards.
+            Some(handle) => {
+                tracing::debug!(key = %key, "pooled advisory lock guard dropped; releasing in a spawned task");
+                handle.spawn(async move {
+                    if let Err(e) = release(conn, key, mode).await {
+                        tracing::warn!(key = %key, error = %e, "drop-time release failed; the connection was discarded instead of reused");
+                    }
+                });
+            }
+            None => {
+                tracing::warn!(key = %key, "pooled advisory lock guard dropped outside a tokio runtime; discarding its connection (closing the session releases the lock)");
+                conn.discard();
+            }
+        }
+    }
+}
+
+impl<C: Checkout> fmt::Debug for PoolHeld<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolHeld")
+            .field("key", &self.key)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,128 @@
+//! The deadpool pool guard: [`DeadpoolLockGuard`].
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use advisory_common::sql::Mode;
+use advisory_common::{Key, LockInfo};
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+
+use super::checkout::{Checkout, PoolHeld, acquire};
+use crate::async_conn::{locks, mark_broken};
+use crate::request::{How, Request, async_lock_methods, granted};
+use crate::{AsyncLockExt, Error};
+
+type DeadpoolConn = Object<AsyncPgConnection>;
+
+impl Checkout for DeadpoolConn {
+    /// deadpool only checks `is_broken()` when a connection is checked out *again* (`recycle`),
+    /// so a broken connection would sit idle in the pool, session and locks included, until then.
+    /// `Object::take` detaches it from the pool instead, and dropping it closes the session now.
+    fn discard(self) {
+        let mut conn = Object::take(self);
+        mark_broken(&mut conn);
+        drop(conn);
+    }
+}
+
+/// A session lock held on a connection checked out of a diesel-async deadpool pool, from
+/// [`AsyncLockExt`] on `&deadpool::Pool<AsyncPgConnection>`.
+///
+/// The guard owns the `Object` (`'static`, `Send`) and derefs to the connection.
+///
+/// # Release
+///
+/// * [`DeadpoolLockGuard::release`] unlocks and returns the connection to the pool.
+/// * **Drop** spawns a task that unlocks and then returns the connection; if the unlock fails or
+///   the task is dropped unfinished, the connection is detached from the pool (`Object::take`)
+///   and closed, which releases the lock. Outside any runtime it is detached and closed at once.
+///
+/// ```
+/// use diesel_async::AsyncPgConnection;
+/// use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+/// use diesel_async::pooled_connection::deadpool::Pool;
+/// use diesel_advisory::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let url = advisory_tests::db().url();
+/// let pool = Pool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
+///     .max_size(2)
+///     .build()?;
+///
+/// let guard = pool.advisory_lock_shared("reports").await?;
+/// assert!(guard.is_shared());
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "the lock is released when the guard is dropped"]
+#[derive(Debug)]
+pub struct DeadpoolLockGuard(PoolHeld<DeadpoolConn>);
+
+impl DeadpoolLockGuard {
+    /// The locked key.
+    pub fn key(&self) -> Key {
+        self.0.key()
+    }
+
+    /// `true` for a shared lock, `false` for an exclusive one.
+    pub fn is_shared(&self) -> bool {
+        self.0.is_shared()
+    }
+
+    /// Does the session still hold the lock? Asks `pg_locks`.
+    pub async fn is_held(&mut self) -> Result<bool, Error> {
+        self.0.is_held().await
+    }
+
+    /// Unlock, report the server's answer ([`Error::NotHeld`]), and return the connection to the
+    /// pool (detached and closed instead if the unlock did not succeed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped half-way, the connection is detached and closed: the lock ends with its session.
+    pub async fn release(self) -> Result<(), Error> {
+        self.0.release().await
+    }
+}
+
+impl Deref for DeadpoolLockGuard {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        self.0.conn()
+    }
+}
+
+impl DerefMut for DeadpoolLockGuard {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.0.conn_mut()
+    }
+}
+
+impl AsyncLockExt for &Pool<AsyncPgConnection> {
+    type Guard = DeadpoolLockGuard;
+
+    async_lock_methods!(acquire_deadpool);
+
+    async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
+        let mut conn = self.get().await.map_err(Error::pool)?;
+        locks(&mut conn).await
+    }
+}
+
+async fn acquire_deadpool(
+    pool: &Pool<AsyncPgConnection>,
+    req: Request,
+) -> Result<Option<DeadpoolLockGuard>, Error> {
+    req.millis()?;
+    let conn = pool.get().await.map_err(Error::pool)?;
+    Ok(acquire(conn, req).await?.map(DeadpoolLockGuard))
+}
+
+const _: () = {
+    const fn is_send<T: Send + 'static>() {}
+    is_send::<DeadpoolLockGuard>();
+};

@@ -1,0 +1,115 @@
+//! The r2d2 pool guard: [`R2d2LockGuard`].
+
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use advisory_common::sql::{Mode, Scope};
+use advisory_common::{Key, LockInfo};
+use diesel::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+
+use crate::conn::{lock, locks};
+use crate::guard::Held;
+use crate::request::{How, Request, granted, sync_lock_methods};
+use crate::{Error, LockExt};
+
+type R2d2Conn = PooledConnection<ConnectionManager<PgConnection>>;
+
+/// A session lock held on a connection checked out of an r2d2 pool, from
+/// [`LockExt`] on `&r2d2::Pool<ConnectionManager<PgConnection>>`.
+///
+/// The guard **owns** the pooled connection (it is `'static` and `Send`) and derefs to it, so the
+/// lock can be held for a whole workflow, across threads, while the pool serves everyone else.
+///
+/// # Release
+///
+/// * [`R2d2LockGuard::release`] unlocks, then returns the connection to the pool.
+/// * **Drop** unlocks synchronously, then returns the connection. If the unlock fails, the
+///   connection is marked broken first (`set_in_error` on its transaction manager) and r2d2's
+///   `has_broken` check discards it at check-in: closing the session releases the lock, and the
+///   next checkout never receives a connection holding it.
+/// * During a panic, r2d2 discards every connection returned while the thread is panicking
+///   (`ConnectionManager::has_broken` checks `std::thread::panicking()`).
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel_advisory::prelude::*;
+/// # let url = advisory_tests::db().url();
+///
+/// let pool = Pool::builder().max_size(2).build(ConnectionManager::<PgConnection>::new(url))?;
+/// let guard = pool.advisory_lock("orders:42")?;
+/// std::thread::spawn(move || {
+///     // the lock travels with its connection
+///     guard.release()
+/// }).join().unwrap()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "the lock is released when the guard is dropped"]
+#[derive(Debug)]
+pub struct R2d2LockGuard(Held<R2d2Conn>);
+
+impl R2d2LockGuard {
+    /// The locked key.
+    pub fn key(&self) -> Key {
+        self.0.key()
+    }
+
+    /// `true` for a shared lock, `false` for an exclusive one.
+    pub fn is_shared(&self) -> bool {
+        self.0.is_shared()
+    }
+
+    /// Does the session still hold the lock? Asks `pg_locks`.
+    pub fn is_held(&mut self) -> Result<bool, Error> {
+        self.0.is_held()
+    }
+
+    /// Unlock now, report the server's answer ([`Error::NotHeld`]), and return the connection to
+    /// the pool (discarded instead if the unlock failed).
+    pub fn release(self) -> Result<(), Error> {
+        self.0.release()
+    }
+}
+
+impl Deref for R2d2LockGuard {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.0.conn()
+    }
+}
+
+impl DerefMut for R2d2LockGuard {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.0.conn_mut()
+    }
+}
+
+impl LockExt for &Pool<ConnectionManager<PgConnection>> {
+    type Guard = R2d2LockGuard;
+
+    sync_lock_methods!(acquire_r2d2);
+
+    fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
+        let mut conn = self.get().map_err(Error::pool)?;
+        locks(&mut conn)
+    }
+}
+
+/// Check out, then lock. A connection whose acquire failed goes back to the pool: a failed or
+/// `false` lock statement leaves no lock behind (a session holds nothing it was not granted).
+fn acquire_r2d2(
+    pool: &Pool<ConnectionManager<PgConnection>>,
+    req: Request,
+) -> Result<Option<R2d2LockGuard>, Error> {
+    req.millis()?;
+    let mut conn = pool.get().map_err(Error::pool)?;
+    Ok(lock(&mut conn, Scope::Session, &req)?
+        .then(|| R2d2LockGuard(Held::new(conn, req.key, req.mode))))
+}
+
+const _: () = {
+    const fn is_send<T: Send + 'static>() {}
+    is_send::<R2d2LockGuard>();
+};

@@ -1,0 +1,187 @@
+//! What a caller asked for, independent of the connection type.
+
+use std::time::Duration;
+
+use advisory_common::Key;
+use advisory_common::sql::{self, Mode, Scope, Wait};
+
+use crate::Error;
+use crate::stmt::BoolStmt;
+
+/// How an acquire waits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum How {
+    Block,
+    Try,
+    Timeout(Duration),
+}
+
+/// One acquire: key, mode, and how long to wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request {
+    pub(crate) key: Key,
+    pub(crate) mode: Mode,
+    pub(crate) how: How,
+}
+
+impl Request {
+    pub(crate) fn new(key: Key, mode: Mode, how: How) -> Request {
+        Request { key, mode, how }
+    }
+
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        match self.how {
+            How::Timeout(d) => Some(d),
+            How::Block | How::Try => None,
+        }
+    }
+
+    /// The timeout in `lock_timeout` milliseconds, validated before anything is sent.
+    pub(crate) fn millis(&self) -> Result<Option<i32>, Error> {
+        self.timeout()
+            .map(advisory_common::timeout_millis)
+            .transpose()
+            .map_err(Error::from)
+    }
+
+    /// The prepared lock statement (outside a transaction block, or for non-timed waits).
+    pub(crate) fn lock_stmt(&self, scope: Scope, ms: Option<i32>) -> BoolStmt {
+        let wait = match self.how {
+            How::Block => Wait::Block,
+            How::Try => Wait::Try,
+            How::Timeout(_) => Wait::Timeout,
+        };
+        BoolStmt::new(
+            sql::lock_sql(scope, self.mode, wait, self.key.space()),
+            Some(self.key),
+            ms,
+        )
+    }
+
+    /// The one-round-trip savepoint batch for a timed attempt inside a transaction block.
+    pub(crate) fn savepoint_batch(&self, scope: Scope, ms: i32) -> String {
+        sql::savepoint_batch(scope, self.mode, self.key, ms)
+    }
+
+    pub(crate) fn classify(&self, err: diesel::result::Error) -> Error {
+        crate::error::classify(err, self.key, self.timeout())
+    }
+}
+
+pub(crate) fn unlock_stmt(key: Key, mode: Mode) -> BoolStmt {
+    BoolStmt::new(sql::unlock_sql(mode, key.space()), Some(key), None)
+}
+
+pub(crate) fn held_stmt(key: Key, mode: Mode) -> BoolStmt {
+    BoolStmt::new(sql::held_sql(mode, key.space()), Some(key), None)
+}
+
+pub(crate) fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Exclusive => "exclusive",
+        Mode::Shared => "shared",
+    }
+}
+
+/// A waiting acquire always yields a guard; `None` only comes from `try_`.
+pub(crate) fn granted<G>(guard: Option<G>) -> G {
+    guard.expect("a waiting acquire returns a guard or an error")
+}
+
+/// The six session-scope acquire methods of a sync `LockExt` impl, forwarding to
+/// `$acquire(self, Request) -> Result<Option<Self::Guard>, Error>`.
+#[cfg(feature = "sync")]
+macro_rules! sync_lock_methods {
+    ($acquire:path) => {
+        fn advisory_lock(self, key: impl Into<Key>) -> Result<Self::Guard, Error> {
+            let req = Request::new(key.into(), Mode::Exclusive, How::Block);
+            $acquire(self, req).map(granted)
+        }
+        fn advisory_lock_shared(self, key: impl Into<Key>) -> Result<Self::Guard, Error> {
+            let req = Request::new(key.into(), Mode::Shared, How::Block);
+            $acquire(self, req).map(granted)
+        }
+        fn try_advisory_lock(self, key: impl Into<Key>) -> Result<Option<Self::Guard>, Error> {
+            $acquire(self, Request::new(key.into(), Mode::Exclusive, How::Try))
+        }
+        fn try_advisory_lock_shared(
+            self,
+            key: impl Into<Key>,
+        ) -> Result<Option<Self::Guard>, Error> {
+            $acquire(self, Request::new(key.into(), Mode::Shared, How::Try))
+        }
+        fn advisory_lock_timeout(
+            self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> Result<Self::Guard, Error> {
+            let req = Request::new(key.into(), Mode::Exclusive, How::Timeout(timeout));
+            $acquire(self, req).map(granted)
+        }
+        fn advisory_lock_shared_timeout(
+            self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> Result<Self::Guard, Error> {
+            let req = Request::new(key.into(), Mode::Shared, How::Timeout(timeout));
+            $acquire(self, req).map(granted)
+        }
+    };
+}
+#[cfg(feature = "sync")]
+pub(crate) use sync_lock_methods;
+
+/// The six session-scope acquire methods of an `AsyncLockExt` impl, forwarding to
+/// `$acquire(self, Request) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send`.
+/// The key is converted before the future is built.
+#[cfg(feature = "async")]
+macro_rules! async_lock_methods {
+    ($acquire:path) => {
+        fn advisory_lock(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<Self::Guard, Error>> + Send {
+            let fut = $acquire(self, Request::new(key.into(), Mode::Exclusive, How::Block));
+            async move { fut.await.map(granted) }
+        }
+        fn advisory_lock_shared(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<Self::Guard, Error>> + Send {
+            let fut = $acquire(self, Request::new(key.into(), Mode::Shared, How::Block));
+            async move { fut.await.map(granted) }
+        }
+        fn try_advisory_lock(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send {
+            $acquire(self, Request::new(key.into(), Mode::Exclusive, How::Try))
+        }
+        fn try_advisory_lock_shared(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send {
+            $acquire(self, Request::new(key.into(), Mode::Shared, How::Try))
+        }
+        fn advisory_lock_timeout(
+            self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> impl Future<Output = Result<Self::Guard, Error>> + Send {
+            let req = Request::new(key.into(), Mode::Exclusive, How::Timeout(timeout));
+            let fut = $acquire(self, req);
+            async move { fut.await.map(granted) }
+        }
+        fn advisory_lock_shared_timeout(
+            self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> impl Future<Output = Result<Self::Guard, Error>> + Send {
+            let req = Request::new(key.into(), Mode::Shared, How::Timeout(timeout));
+            let fut = $acquire(self, req);
+            async move { fut.await.map(granted) }
+        }
+    };
+}
+#[cfg(feature = "async")]
+pub(crate) use async_lock_methods;

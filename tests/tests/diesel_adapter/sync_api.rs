@@ -1,0 +1,393 @@
+//! diesel sync `PgConnection`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use advisory_common::{Key, LockMode};
+use advisory_tests::{assert_no_locks, granted, unique_key, wait_until, waiting};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_advisory::Error;
+use diesel_advisory::prelude::*;
+
+use super::{ASYNC_RELEASE, conn, pid, r2d2_pool, wait_backend_gone};
+
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = Text)]
+    lock_timeout: String,
+}
+
+fn lock_timeout(c: &mut PgConnection) -> String {
+    diesel::sql_query(advisory_common::sql::SHOW_LOCK_TIMEOUT)
+        .get_result::<Setting>(c)
+        .unwrap()
+        .lock_timeout
+}
+
+fn holders(key: Key) -> Vec<i32> {
+    granted(key).into_iter().map(|l| l.pid).collect()
+}
+
+#[test]
+fn guard_holds_then_drop_releases_synchronously() {
+    let (mut a, mut b) = (conn(), conn());
+    let key = unique_key();
+    let a_pid = pid(&mut a);
+    let mut guard = a.advisory_lock(key).unwrap();
+    assert_eq!(holders(key), vec![a_pid]);
+    assert!(guard.is_held().unwrap());
+    assert!(b.try_advisory_lock(key).unwrap().is_none());
+    drop(guard);
+    // synchronous: no waiting allowed
+    assert!(holders(key).is_empty());
+    b.try_advisory_lock(key)
+        .unwrap()
+        .unwrap()
+        .release()
+        .unwrap();
+}
+
+#[test]
+fn shared_and_pair_keys_and_release_not_held() {
+    let (mut a, mut b) = (conn(), conn());
+    let key = Key::Pair(advisory_tests::unique_i32(), -1);
+    let g1 = a.advisory_lock_shared(key).unwrap();
+    assert!(g1.is_shared());
+    let g2 = b.try_advisory_lock_shared(key).unwrap().unwrap();
+    assert_eq!(granted(key).len(), 2);
+    assert!(granted(key).iter().all(|l| l.mode == LockMode::Shared));
+    g2.release().unwrap();
+    // released behind the guard's back: release reports NotHeld
+    let mut g1 = g1;
+    g1.batch_execute(advisory_common::sql::UNLOCK_ALL).unwrap();
+    assert!(!g1.is_held().unwrap());
+    assert!(matches!(g1.release(), Err(Error::NotHeld { key: k }) if k == key));
+    assert!(granted(key).is_empty());
+}
+
+#[test]
+fn panic_inside_transaction_leaves_no_lock_and_connection_usable() {
+    let mut c = conn();
+    let key = unique_key();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        c.transaction::<(), Error, _>(|c| {
+            let _guard = c.advisory_lock(key)?;
+            assert_eq!(granted(key).len(), 1);
+            panic!("boom");
+        })
+    }));
+    assert!(result.is_err());
+    // released during the unwind, before anyone else looked
+    assert!(granted(key).is_empty());
+    // diesel does not catch panics: its transaction is still open, the connection works
+    let one: i32 = diesel::select(1.into_sql::<diesel::sql_types::Integer>())
+        .get_result(&mut c)
+        .unwrap();
+    assert_eq!(one, 1);
+    AnsiTransactionManager::rollback_transaction(&mut c).unwrap();
+    c.transaction::<_, Error, _>(|c| c.xact_lock(key)).unwrap();
+    assert!(granted(key).is_empty());
+}
+
+#[test]
+fn panic_with_r2d2_connection_leaves_no_lock() {
+    let pool = r2d2_pool(1);
+    let key = unique_key();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let mut pc = pool.get().unwrap();
+        pc.transaction::<(), Error, _>(|c| {
+            let _g = c.advisory_lock(key)?;
+            panic!("boom")
+        })
+    }));
+    assert!(r.is_err());
+    assert!(granted(key).is_empty());
+    let mut pc = pool.get().unwrap();
+    assert!(pc.try_advisory_lock(key).unwrap().is_some());
+}
+
+/// with_advisory_lock#14: the guard outlives a transaction that aborts, and releasing works.
+#[test]
+fn release_after_aborted_transaction_works() {
+    let mut c = conn();
+    let key = unique_key();
+    let mut guard = c.advisory_lock(key).unwrap();
+    let failed = guard.transaction::<(), diesel::result::Error, _>(|c| {
+        diesel::sql_query("SELECT 1/0").execute(c)?;
+        Ok(())
+    });
+    assert!(failed.is_err());
+    assert_eq!(
+        granted(key).len(),
+        1,
+        "a session lock survives the rollback"
+    );
+    guard.release().unwrap();
+    assert!(granted(key).is_empty());
+    assert!(c.try_advisory_lock(key).unwrap().is_some());
+}
+
+/// Session locks taken inside a transaction that rolls back stay held (PostgreSQL semantics).
+#[test]
+fn session_lock_taken_in_rolled_back_transaction_stays_held() {
+    let mut c = conn();
+    let key = unique_key();
+    AnsiTransactionManager::begin_transaction(&mut c).unwrap();
+    let mut guard = c.advisory_lock(key).unwrap();
+    AnsiTransactionManager::rollback_transaction(&mut *guard).unwrap();
+    assert_eq!(granted(key).len(), 1);
+    guard.release().unwrap();
+    assert!(granted(key).is_empty());
+}
+
+/// A guard dropped inside an already aborted transaction: the unlock fails (25P02), the
+/// connection is marked broken: diesel skips the ROLLBACK, `transaction()` fails loudly, the lock
+/// stays with the session until the connection is closed. With r2d2, the pool closes it.
+#[test]
+fn guard_dropped_inside_aborted_transaction_breaks_connection_loudly() {
+    let mut c = conn();
+    let key = unique_key();
+    let c_pid = pid(&mut c);
+    let r = c.transaction::<(), Error, _>(|c| {
+        let mut g = c.advisory_lock(key)?;
+        diesel::sql_query("SELECT 1/0").execute(&mut *g)?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(Error::Database(_))), "{r:?}");
+    assert_eq!(holders(key), vec![c_pid], "still held by the session");
+    let again = c.transaction::<(), diesel::result::Error, _>(|_| Ok(()));
+    assert!(
+        matches!(again, Err(diesel::result::Error::BrokenTransactionManager)),
+        "{again:?}"
+    );
+    drop(c);
+    assert_no_locks(&[key], ASYNC_RELEASE);
+
+    // the same through r2d2: the broken connection is discarded at check-in
+    let pool = r2d2_pool(1);
+    let mut pc = pool.get().unwrap();
+    let pc_pid = pid(&mut pc);
+    let _ = pc.transaction::<(), Error, _>(|c| {
+        let mut g = c.advisory_lock(key)?;
+        diesel::sql_query("SELECT 1/0").execute(&mut *g)?;
+        Ok(())
+    });
+    drop(pc);
+    wait_backend_gone(pc_pid, ASYNC_RELEASE);
+    assert_no_locks(&[key], ASYNC_RELEASE);
+    let mut fresh = pool.get().unwrap();
+    assert_ne!(pid(&mut fresh), pc_pid);
+    assert!(fresh.try_advisory_lock(key).unwrap().is_some());
+}
+
+#[test]
+fn xact_lock_held_until_commit_or_rollback() {
+    let mut c = conn();
+    let key = unique_key();
+    c.transaction::<_, Error, _>(|c| {
+        c.xact_lock(key)?;
+        c.xact_lock_shared(Key::Pair(1, advisory_tests::unique_i32()))?;
+        assert_eq!(granted(key).len(), 1);
+        assert!(c.try_xact_lock(key)?, "re-entrant");
+        Ok(())
+    })
+    .unwrap();
+    assert!(granted(key).is_empty());
+    let r = c.transaction::<(), Error, _>(|c| {
+        c.xact_lock(key)?;
+        assert_eq!(granted(key).len(), 1);
+        Err(Error::NotHeld { key })
+    });
+    assert!(r.is_err());
+    assert!(granted(key).is_empty());
+}
+
+#[test]
+fn xact_outside_transaction_sends_nothing() {
+    let mut c = conn();
+    let mut observer = conn();
+    let c_pid = pid(&mut c);
+    c.batch_execute("SELECT 'marker-before-xact'").unwrap();
+    let key = unique_key();
+    for r in [
+        c.xact_lock(key),
+        c.xact_lock_shared(key),
+        c.try_xact_lock(key).map(drop),
+        c.xact_lock_timeout(key, Duration::from_millis(5)),
+    ] {
+        assert!(matches!(r, Err(Error::NotInTransaction { key: k }) if k == key));
+    }
+    #[derive(QueryableByName)]
+    struct Q {
+        #[diesel(sql_type = Text)]
+        query: String,
+    }
+    let last = diesel::sql_query("SELECT query FROM pg_stat_activity WHERE pid = $1")
+        .bind::<diesel::sql_types::Integer, _>(c_pid)
+        .get_result::<Q>(&mut observer)
+        .unwrap();
+    assert_eq!(last.query, "SELECT 'marker-before-xact'");
+}
+
+#[test]
+fn question_mark_in_transactions_both_error_types() {
+    let mut c = conn();
+    let key = unique_key();
+    let mut other = conn();
+    let _held = other.advisory_lock(key).unwrap();
+    // closure error = diesel::result::Error
+    let r = c.transaction::<(), diesel::result::Error, _>(|c| {
+        c.xact_lock_timeout(key, Duration::from_millis(20))?;
+        Ok(())
+    });
+    let r: Result<(), Error> = r.map_err(Error::from);
+    assert!(
+        matches!(r, Err(Error::Timeout { key: k, .. }) if k == key),
+        "{r:?}"
+    );
+    // closure error = diesel_advisory::Error, a diesel query error inside converts too
+    let r = c.transaction::<(), Error, _>(|c| {
+        diesel::sql_query("SELECT 1/0").execute(c)?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(Error::Database(_))));
+    let r = c.transaction::<(), Error, _>(|c| c.xact_lock_timeout(key, Duration::from_millis(20)));
+    assert!(matches!(r, Err(Error::Timeout { .. })));
+}
+
+#[test]
+fn timeouts_typed_setting_unchanged_and_transaction_usable() {
+    let mut c = conn();
+    let mut holder = conn();
+    let key = unique_key();
+    let held = holder.advisory_lock(key).unwrap();
+    c.batch_execute("SET lock_timeout = '7s'").unwrap();
+    let t = Duration::from_millis(30);
+    match c.advisory_lock_timeout(key, t) {
+        Err(Error::Timeout { key: k, timeout }) => assert_eq!((k, timeout), (key, t)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(lock_timeout(&mut c), "7s");
+    assert!(matches!(
+        c.advisory_lock_shared_timeout(key, t),
+        Err(Error::Timeout { .. })
+    ));
+    // inside a transaction: savepoint, the transaction carries on and commits
+    c.transaction::<_, Error, _>(|c| {
+        assert!(matches!(
+            c.xact_lock_timeout(key, t),
+            Err(Error::Timeout { .. })
+        ));
+        assert!(matches!(
+            c.advisory_lock_timeout(key, t),
+            Err(Error::Timeout { .. })
+        ));
+        assert_eq!(lock_timeout(c), "7s");
+        diesel::sql_query("INSERT INTO advisory_test_counters (id, value) VALUES ($1, 1)")
+            .bind::<Text, _>(format!("timeout-{key}"))
+            .execute(c)?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(lock_timeout(&mut c), "7s");
+    // success when released mid-wait
+    let c_pid = pid(&mut c);
+    let waiter = std::thread::spawn(move || {
+        let g = c
+            .advisory_lock_timeout(key, Duration::from_secs(20))
+            .map(|g| g.key());
+        (g, c)
+    });
+    wait_until(
+        &[key],
+        Duration::from_secs(10),
+        "the waiter queued",
+        |rows| rows.iter().any(|l| l.pid == c_pid && !l.granted),
+    );
+    held.release().unwrap();
+    let (got, mut c) = waiter.join().unwrap();
+    assert_eq!(got.unwrap(), key);
+    assert!(
+        granted(key).is_empty(),
+        "the waiter's guard was dropped in the thread"
+    );
+    assert_eq!(lock_timeout(&mut c), "7s");
+}
+
+#[test]
+fn deadlock_is_typed() {
+    let (a, mut b) = (conn(), conn());
+    let (k1, k2) = (unique_key(), unique_key());
+    let mut gb = b.advisory_lock(k2).unwrap();
+    let a_thread = std::thread::spawn(move || {
+        let mut a = a;
+        let mut ga = a.advisory_lock(k1).unwrap();
+        (&mut *ga).advisory_lock(k2).map(|g| g.key())
+    });
+    wait_until(
+        &[k1, k2],
+        Duration::from_secs(10),
+        "a holds k1, waits for k2",
+        |rows| {
+            rows.iter().any(|l| l.key == k1 && l.granted)
+                && rows.iter().any(|l| l.key == k2 && !l.granted)
+        },
+    );
+    let rb = (&mut *gb).advisory_lock(k1).map(|g| g.key());
+    let ra = a_thread.join().unwrap();
+    let deadlocks = [&ra, &rb]
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Deadlock { .. })))
+        .count();
+    assert_eq!(deadlocks, 1, "a: {ra:?}, b: {rb:?}");
+    drop(gb);
+    assert_no_locks(&[k1, k2], ASYNC_RELEASE);
+    assert!(waiting(k1).is_empty());
+}
+
+/// The lock statements are prepared once per connection and then reused (diesel's statement
+/// cache keyed by SQL text): `pg_prepared_statements` shows exactly one entry per statement.
+#[test]
+fn statements_are_prepared_once_and_cached() {
+    let mut c = conn();
+    for _ in 0..3 {
+        c.advisory_lock(unique_key()).unwrap().release().unwrap();
+        let mut g = c
+            .try_advisory_lock_shared(Key::Pair(3, 4))
+            .unwrap()
+            .unwrap();
+        assert!(g.is_held().unwrap());
+    }
+    #[derive(QueryableByName)]
+    struct S {
+        #[diesel(sql_type = Text)]
+        statement: String,
+    }
+    let prepared: Vec<String> = diesel::sql_query("SELECT statement FROM pg_prepared_statements")
+        .load::<S>(&mut c)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.statement)
+        .collect();
+    use advisory_common::KeySpace;
+    use advisory_common::sql::{Mode, Scope, Wait, held_sql, lock_sql, unlock_sql};
+    for text in [
+        lock_sql(
+            Scope::Session,
+            Mode::Exclusive,
+            Wait::Block,
+            KeySpace::BigInt,
+        ),
+        unlock_sql(Mode::Exclusive, KeySpace::BigInt),
+        lock_sql(Scope::Session, Mode::Shared, Wait::Try, KeySpace::Pair),
+        held_sql(Mode::Shared, KeySpace::Pair),
+    ] {
+        assert_eq!(
+            prepared.iter().filter(|s| s.as_str() == text).count(),
+            1,
+            "{text} in {prepared:#?}"
+        );
+    }
+}
