@@ -32,12 +32,17 @@
 //!   `set_config` also ends with it. Inside a transaction block step 4 restores the previous value
 //!   on success; on failure the adapters roll back the savepoint the attempt ran in, which also
 //!   reverts the setting (and keeps the caller's transaction usable), see [`savepoint_batch`].
-//! * **The grant/timeout race.** PostgreSQL decides atomically: a wait that is granted at the same
-//!   instant the timer fires reports success (the backend checks its wait status before raising the
-//!   timeout), so the server never reports `55P03` while holding the lock. The remaining race is on
-//!   the client side: the lock is granted and the reply is on the wire while the caller's future
-//!   is dropped. The adapters treat that exactly like any cancelled acquire (see their
-//!   `# Cancel safety` sections): the reply is never trusted to be absent.
+//! * **The grant/timeout race.** When the lock is granted in the same instant `lock_timeout`
+//!   fires, PostgreSQL *keeps* the lock and still raises `55P03` (`LockErrorCleanup` in
+//!   `src/backend/storage/lmgr/proc.c` calls `GrantAwaitedLock()` when the wait already ended). A
+//!   transaction-scope lock goes away with the failed statement or the rolled-back savepoint, but a
+//!   session-scope lock stays with the session. The adapters therefore follow a session-scope
+//!   timeout with one [`held_sql`] check (an extra round trip on the timeout path only): a timed
+//!   acquire only ever waits for a key the session does not already hold in that mode (re-entrant
+//!   requests are granted at once), so "held" means "granted at the instant of the timeout", and
+//!   the caller gets the guard instead of `Timeout`. The other race is on the client side: the lock
+//!   is granted and the reply is on the wire while the caller's future is dropped; the adapters
+//!   treat that like any cancelled acquire (see their `# Cancel safety` sections).
 //! * PostgreSQL's `lock_timeout` has millisecond resolution and `0` means "wait forever", so
 //!   [`crate::timeout_millis`] rounds up and never returns 0.
 

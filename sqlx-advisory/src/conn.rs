@@ -36,16 +36,19 @@ pub(crate) mod sealed {
 /// # Cancel safety
 /// * **`&PgPool`: every method is cancel safe.** Dropped while waiting for a connection or before
 ///   the lock statement is sent, the connection goes back to the pool unchanged. Dropped after the
-///   statement may have been sent, the connection is closed instead of reused, so whatever the
-///   server grants dies with the session. (A backend blocked in the lock wait notices its client is
-///   gone only when the wait ends, unless the server sets `client_connection_check_interval`; it
-///   then exits at once. Mutual exclusion is never violated; the dead session just keeps its place
-///   in the queue until then.)
+///   statement may have been sent (or during the check that follows a timeout, see
+///   [`advisory_lock_timeout`](Self::advisory_lock_timeout)), the connection is closed instead of
+///   reused, so whatever the server grants dies with the session; the same if that check fails.
+///   (A backend blocked in the lock wait notices its client is gone only when the wait ends, unless
+///   the server sets `client_connection_check_interval`; it then exits at once. Mutual exclusion
+///   is never violated; the dead session just keeps its place in the queue until then.)
 /// * **`&mut PgConnection`: cancel safe until the lock statement is sent, not after.** sqlx cannot
 ///   withdraw or queue behind a request in flight, so if the future is dropped after sending it, the
 ///   server still completes it and, if the lock is granted, the session holds it with no guard to
 ///   release it (a `tracing` warning says so). Close the connection (or run
-///   `SELECT pg_advisory_unlock_all()`) after such a cancellation, or use the pool methods.
+///   `SELECT pg_advisory_unlock_all()`) after such a cancellation, or use the pool methods. The
+///   same applies if a timed acquire returns the error of its post-timeout check (see
+///   [`advisory_lock_timeout`](Self::advisory_lock_timeout)): the session may hold the lock.
 pub trait LockExt: Sized + sealed::Sealed {
     /// The guard that holds a lock taken through this type.
     type Guard;
@@ -131,6 +134,13 @@ pub trait LockExt: Sized + sealed::Sealed {
     /// `lock_timeout` is unchanged afterwards. Inside a transaction the attempt runs in a savepoint,
     /// so a timeout does not abort the caller's transaction.
     ///
+    /// [`Error::Timeout`] means the session does not hold the lock. PostgreSQL can raise
+    /// `lock_timeout` for a wait that was granted in the same instant and keep the lock (the
+    /// failed statement or rolled-back savepoint does not release a session lock), so a timeout is
+    /// followed by one more round trip asking `pg_locks` whether this session holds the key in
+    /// that mode; if it does, the call returns the guard instead. If that check itself fails, its
+    /// error is returned and the lock may be held (a pooled connection is closed instead).
+    ///
     /// See the trait docs for who releases it and for cancel safety.
     ///
     /// ```
@@ -186,6 +196,12 @@ pub trait LockExt: Sized + sealed::Sealed {
 /// `armed` is set while the lock request is on its way or in flight, and left set if the outcome
 /// leaves the session's locks unknown (anything but a grant, a refused try, or a clean refusal:
 /// timeout, deadlock, lock table full). The caller's drop handler reads it.
+///
+/// PostgreSQL can report `lock_timeout` (`55P03`) for a wait granted in the same instant:
+/// `LockErrorCleanup` (`src/backend/storage/lmgr/proc.c`) keeps a lock granted while the timeout
+/// was being processed, and the error is raised anyway. Neither the failed statement nor the
+/// rolled-back savepoint releases a session lock, so a timeout is followed by one `held_sql` check
+/// (see [`granted_at_timeout`]).
 pub(crate) async fn lock_on(
     conn: &mut PgConnection,
     armed: &mut bool,
@@ -201,33 +217,61 @@ pub(crate) async fn lock_on(
     exec::prepare(conn, unlock)
         .await
         .map_err(|e| classify(e, key, timeout))?;
-    if let (Some(timeout), Some(ms), true) = (timeout, ms, conn.is_in_transaction()) {
+    let res = if let (Some(timeout), Some(ms), true) = (timeout, ms, conn.is_in_transaction()) {
         *armed = true;
-        let res = exec::savepoint_attempt(conn, Scope::Session, mode, key, timeout, ms).await;
-        if matches!(&res, Err(e) if e.is_clean_refusal()) {
-            *armed = false;
-        }
-        return res.map(|()| true);
-    }
-    exec::prepare(conn, lock)
-        .await
-        .map_err(|e| classify(e, key, timeout))?;
-    *armed = true;
-    match exec::fetch_bool(conn, lock, key, ms).await {
+        exec::savepoint_attempt(conn, Scope::Session, mode, key, timeout, ms)
+            .await
+            .map(|()| true)
+    } else {
+        exec::prepare(conn, lock)
+            .await
+            .map_err(|e| classify(e, key, timeout))?;
+        *armed = true;
+        exec::fetch_bool(conn, lock, key, ms)
+            .await
+            .map_err(|e| classify(e, key, timeout))
+    };
+    match res {
         Ok(locked) => {
             if !locked {
                 *armed = false;
             }
             Ok(locked)
         }
+        // Still armed while the check runs: until it answers, the session may hold the lock.
+        // If the check fails, it stays armed and its error is returned.
+        Err(e @ Error::Timeout { .. }) => {
+            if granted_at_timeout(conn, key, mode).await? {
+                return Ok(true);
+            }
+            *armed = false;
+            Err(e)
+        }
         Err(e) => {
-            let e = classify(e, key, timeout);
             if e.is_clean_refusal() {
                 *armed = false;
             }
             Err(e)
         }
     }
+}
+
+/// After a session-scope timed acquire failed with `lock_timeout`: does the session hold `key` in
+/// `mode` anyway? A timed acquire only ever waits for a key the session does not already hold in
+/// that mode (PostgreSQL grants re-entrant requests at once), so "held" means "granted in the
+/// instant of the timeout", and the lock is kept and reported as acquired.
+async fn granted_at_timeout(conn: &mut PgConnection, key: Key, mode: Mode) -> Result<bool, Error> {
+    let held = match exec::fetch_bool(conn, sql::held_sql(mode, key.space()), key, None).await {
+        Ok(held) => held,
+        Err(error) => {
+            tracing::warn!(%key, %error, "lock_timeout fired, and checking whether the lock was granted in that instant failed: the session may hold it");
+            return Err(classify(error, key, None));
+        }
+    };
+    if held {
+        tracing::debug!(%key, shared = mode == Mode::Shared, "lock_timeout fired as the lock was granted; keeping it");
+    }
+    Ok(held)
 }
 
 async fn acquire(

@@ -29,7 +29,8 @@ use sqlx::error::DatabaseError;
 #[non_exhaustive]
 pub enum Error {
     /// The timed acquire did not get the lock within `timeout` (server-side `lock_timeout`,
-    /// SQLSTATE `55P03`).
+    /// SQLSTATE `55P03`). The session does not hold it: a session lock PostgreSQL granted in the
+    /// instant its `lock_timeout` fired is kept and returned as a guard instead.
     #[error("{}: {key} after {timeout:?}", ErrorKind::Timeout.describe())]
     Timeout {
         /// The lock that was not granted.

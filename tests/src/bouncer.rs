@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{free_port, is_root, which, Db};
+use crate::cluster::{Db, free_port, is_root, which};
 
 /// A running PgBouncer; stopped when dropped, and by its watchdog when the test process exits.
 #[derive(Debug)]
@@ -44,11 +44,17 @@ impl Db {
     /// Needs the `pgbouncer` binary (Debian: `apt-get install pgbouncer`); errors with that advice
     /// when it is missing, and refuses to run in front of a `DATABASE_URL` server.
     pub fn pgbouncer(&self, pool_mode: &str, pool_size: u32) -> Result<Bouncer, String> {
-        let pg_port = self.port().ok_or("pgbouncer tests need the throwaway cluster (unset DATABASE_URL)")?;
+        let pg_port = self
+            .port()
+            .ok_or("pgbouncer tests need the throwaway cluster (unset DATABASE_URL)")?;
         let exe = which("pgbouncer")
             .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file()))
             .ok_or("pgbouncer not found: install it (Debian: apt-get install pgbouncer)")?;
-        let dir = std::env::temp_dir().join(format!("advisory-test-bouncer-{}-{}", std::process::id(), rand::random::<u32>()));
+        let dir = std::env::temp_dir().join(format!(
+            "advisory-test-bouncer-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let as_postgres = is_root(); // pgbouncer refuses to run as root
         let mut last = String::new();
@@ -68,14 +74,23 @@ impl Db {
             )
             .map_err(|e| e.to_string())?;
             if as_postgres {
-                Command::new("chown").args(["-R", "postgres:", &dir.to_string_lossy()]).status().map_err(|e| e.to_string())?;
+                Command::new("chown")
+                    .args(["-R", "postgres:", &dir.to_string_lossy()])
+                    .status()
+                    .map_err(|e| e.to_string())?;
             }
             let run = if as_postgres {
-                format!("runuser -u postgres -- '{}' '{}'", exe.display(), ini.display())
+                format!(
+                    "runuser -u postgres -- '{}' '{}'",
+                    exe.display(),
+                    ini.display()
+                )
             } else {
                 format!("'{}' '{}'", exe.display(), ini.display())
             };
-            let script = format!("trap '' INT TERM HUP; {run} & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid");
+            let script = format!(
+                "trap '' INT TERM HUP; {run} & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"
+            );
             let mut child = Command::new("setsid")
                 .args(["sh", "-c", &script])
                 .stdin(Stdio::piped())

@@ -91,12 +91,12 @@ impl Db {
     }
 
     fn init() -> Result<Db, String> {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            if !url.trim().is_empty() {
-                let db = Db { url, cluster: None };
-                db.migrate()?;
-                return Ok(db);
-            }
+        if let Ok(url) = std::env::var("DATABASE_URL")
+            && !url.trim().is_empty()
+        {
+            let db = Db { url, cluster: None };
+            db.migrate()?;
+            return Ok(db);
         }
         let cluster = Cluster::start()?;
         let db = Db {
@@ -327,10 +327,9 @@ fn find_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = which("initdb")
         .and_then(|p| p.canonicalize().ok())
         .and_then(|p| p.parent().map(Path::to_path_buf))
+        .filter(|d| complete(d))
     {
-        if complete(&dir) {
-            return Some(dir);
-        }
+        return Some(dir);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?

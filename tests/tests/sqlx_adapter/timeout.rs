@@ -1,12 +1,16 @@
 //! Issue 4: server-side timeouts. `Error::Timeout` within timeout + margin, `lock_timeout`
 //! unchanged afterwards (inside and outside a transaction), a wait the holder ends mid-way
-//! succeeds, and failed timed / try transaction attempts leave the transaction usable.
+//! succeeds, failed timed / try transaction attempts leave the transaction usable, and a timeout
+//! racing the grant never leaves a session lock behind.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use advisory_common::Key;
-use advisory_common::sql::SHOW_LOCK_TIMEOUT;
+use advisory_common::sql::{SHOW_LOCK_TIMEOUT, UNLOCK_ALL};
 use advisory_tests::{unique_key, unique_name};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use sqlx::{Connection, PgConnection};
 use sqlx_advisory::Error;
 use sqlx_advisory::prelude::*;
@@ -173,4 +177,151 @@ async fn out_of_range_and_zero_timeouts() {
     let g = p.advisory_lock_timeout(key, Duration::ZERO).await.unwrap();
     assert_eq!(granted(key).await.len(), 1);
     g.release().await.unwrap();
+}
+
+/// Takes `key`, holds it a moment, releases it, pauses, over and over until `stop`; returns its pid.
+/// Its session has `lock_timeout = '10s'`, so a lock the other side leaked fails it instead of
+/// hanging it.
+async fn churn(key: Key, stop: Arc<AtomicBool>) -> (i32, tokio::task::JoinHandle<u32>) {
+    let mut c = conn().await;
+    sqlx::query("SET lock_timeout = '10s'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let holder = pid(&mut c).await;
+    let task = tokio::spawn(async move {
+        let mut rng = StdRng::from_entropy();
+        let mut rounds = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let g = c
+                .advisory_lock(key)
+                .await
+                .expect("the holder cannot get the key back: a timed acquire leaked it");
+            tokio::time::sleep(Duration::from_micros(rng.gen_range(0..2500))).await;
+            g.release().await.unwrap();
+            tokio::time::sleep(Duration::from_micros(rng.gen_range(0..1500))).await;
+            rounds += 1;
+        }
+        rounds
+    });
+    (holder, task)
+}
+
+/// What [`race_their_timeouts`] asks of the connection under test.
+enum Step {
+    /// A timed acquire (`true`: shared) with this timeout; release the guard if granted.
+    Attempt(Duration, bool),
+    /// Drop every session lock (cleaning up after a detected leak, so the run can count them).
+    UnlockAll,
+}
+
+const RACE_ROUNDS: usize = 1000;
+
+/// `RACE_ROUNDS` session-scope timed acquires (1-3 ms) against [`churn`]. PostgreSQL can raise
+/// `lock_timeout` for a wait granted in the same instant and keep the lock: after every
+/// `Error::Timeout` the observer must see no hold of `key` but the churner's.
+async fn race_their_timeouts(
+    what: &str,
+    key: Key,
+    mut step: impl AsyncFnMut(Step) -> Result<(), Error>,
+) {
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (holder, task) = churn(key, stop.clone()).await;
+    let mut rng = StdRng::from_entropy();
+    let (mut acquired, mut timeouts, mut leaks) = (0, 0, 0);
+    for i in 0..RACE_ROUNDS {
+        let t = Duration::from_millis(rng.gen_range(1..=3));
+        match step(Step::Attempt(t, i % 2 == 1)).await {
+            Ok(()) => acquired += 1,
+            Err(Error::Timeout { .. }) => {
+                timeouts += 1;
+                if granted(key).await.iter().any(|l| l.pid != holder) {
+                    leaks += 1;
+                    step(Step::UnlockAll).await.unwrap();
+                }
+            }
+            Err(e) => panic!("{what}: unexpected error {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the holder is stuck: a lock leaked")
+        .unwrap();
+    eprintln!(
+        "{what}: {acquired} acquired, {timeouts} timeouts, {leaks} leaked, holder {rounds} rounds, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        leaks, 0,
+        "{what}: {leaks} of {timeouts} timeouts left the lock with the session"
+    );
+    assert_no_locks(&[key], SOON).await;
+    assert!(
+        acquired > 0 && timeouts > 0,
+        "{what}: the race was not exercised"
+    );
+}
+
+async fn unlock_all(c: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query(UNLOCK_ALL).execute(c).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_acquires_racing_their_timeout_never_leak_on_a_connection() {
+    let key = unique_key();
+    let mut c = conn().await;
+    race_their_timeouts("PgConnection", key, async |step| match step {
+        Step::Attempt(t, false) => c.advisory_lock_timeout(key, t).await?.release().await,
+        Step::Attempt(t, true) => {
+            c.advisory_lock_shared_timeout(key, t)
+                .await?
+                .release()
+                .await
+        }
+        Step::UnlockAll => unlock_all(&mut c).await,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_acquires_racing_their_timeout_never_leak_on_a_pool() {
+    let key = unique_key();
+    let p = pool(1).await;
+    race_their_timeouts("PgPool", key, async |step| match step {
+        Step::Attempt(t, false) => p.advisory_lock_timeout(key, t).await?.release().await,
+        Step::Attempt(t, true) => {
+            p.advisory_lock_shared_timeout(key, t)
+                .await?
+                .release()
+                .await
+        }
+        // one connection: the checkout that timed out
+        Step::UnlockAll => unlock_all(&mut *p.acquire().await?).await,
+    })
+    .await;
+    assert_eq!(p.size(), 1, "the pool still has its connection");
+}
+
+/// Inside a transaction the attempt runs in a savepoint; rolling it back does not release a session
+/// lock granted in the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_acquires_racing_their_timeout_never_leak_in_a_transaction() {
+    let key = unique_key();
+    let mut c = conn().await;
+    let mut tx = c.begin().await.unwrap();
+    race_their_timeouts("Transaction", key, async |step| match step {
+        Step::Attempt(t, false) => tx.advisory_lock_timeout(key, t).await?.release().await,
+        Step::Attempt(t, true) => {
+            tx.advisory_lock_shared_timeout(key, t)
+                .await?
+                .release()
+                .await
+        }
+        Step::UnlockAll => unlock_all(&mut tx).await,
+    })
+    .await;
+    tx.commit().await.unwrap();
 }

@@ -1,0 +1,446 @@
+//! diesel paths: sync PgConnection and r2d2; diesel-async bare, bb8 and deadpool; raw SQL floors as
+//! cached prepared statements on the same connection kind.
+
+use std::time::{Duration, Instant};
+
+use advisory_common::Key;
+use diesel::r2d2::{ConnectionManager, Pool as R2d2Pool};
+use diesel::sql_types::BigInt;
+use diesel::{Connection, PgConnection, QueryableByName};
+use diesel_advisory::prelude::*;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+
+use crate::report::Figure;
+use crate::{Opts, ops, ops_fig};
+
+#[derive(diesel::sql_types::SqlType, diesel::query_builder::QueryId)]
+#[diesel(postgres_type(name = "void"))]
+pub struct Void;
+
+diesel::define_sql_function! { fn pg_advisory_lock(key: BigInt) -> Void; }
+diesel::define_sql_function! { fn pg_advisory_unlock(key: BigInt) -> Bool; }
+diesel::define_sql_function! { fn pg_try_advisory_lock(key: BigInt) -> Bool; }
+
+type Bb8 = diesel_async::pooled_connection::bb8::Pool<AsyncPgConnection>;
+type Deadpool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
+
+fn k(key: Key) -> i64 {
+    match key {
+        Key::BigInt(k) => k,
+        Key::Pair(..) => unreachable!(),
+    }
+}
+
+fn floor_sync(c: &mut PgConnection, key: Key, n: usize) -> Duration {
+    use diesel::RunQueryDsl;
+    let t = Instant::now();
+    for _ in 0..n {
+        diesel::select(pg_advisory_lock(k(key))).execute(c).unwrap();
+        assert!(
+            diesel::select(pg_advisory_unlock(k(key)))
+                .get_result::<bool>(c)
+                .unwrap()
+        );
+    }
+    t.elapsed()
+}
+
+async fn floor_async(c: &mut AsyncPgConnection, key: Key, n: usize) -> Duration {
+    use diesel_async::RunQueryDsl;
+    let t = Instant::now();
+    for _ in 0..n {
+        diesel::select(pg_advisory_lock(k(key)))
+            .execute(c)
+            .await
+            .unwrap();
+        assert!(
+            diesel::select(pg_advisory_unlock(k(key)))
+                .get_result::<bool>(c)
+                .await
+                .unwrap()
+        );
+    }
+    t.elapsed()
+}
+
+pub fn run_sync(url: &str, o: Opts) -> Vec<Figure> {
+    use diesel::RunQueryDsl;
+    let key = advisory_tests::unique_key();
+    let mut c = PgConnection::establish(url).unwrap();
+    let pool = R2d2Pool::builder()
+        .max_size(2)
+        .build(ConnectionManager::<PgConnection>::new(url))
+        .unwrap();
+    for _ in 0..3 {
+        c.advisory_lock(key).unwrap().release().unwrap();
+        floor_sync(&mut c, key, 1);
+        pool.advisory_lock(key).unwrap().release().unwrap();
+        floor_sync(&mut pool.get().unwrap(), key, 1);
+    }
+    let (mut ours, mut floor, mut ours_p, mut floor_p, mut ours_x, mut floor_x) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..o.reps {
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            c.advisory_lock(key).unwrap().release().unwrap();
+        }
+        ours.push(ops(o.iters, t.elapsed()));
+        floor.push(ops(o.iters, floor_sync(&mut c, key, o.iters)));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            pool.advisory_lock(key).unwrap().release().unwrap();
+        }
+        ours_p.push(ops(o.iters, t.elapsed()));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            floor_sync(&mut pool.get().unwrap(), key, 1);
+        }
+        floor_p.push(ops(o.iters, t.elapsed()));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            c.transaction::<_, diesel_advisory::Error, _>(|c| c.xact_lock(key))
+                .unwrap();
+        }
+        ours_x.push(ops(o.iters, t.elapsed()));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            c.transaction::<_, diesel::result::Error, _>(|c| {
+                diesel::select(pg_advisory_xact_lock(k(key)))
+                    .execute(c)
+                    .map(|_| ())
+            })
+            .unwrap();
+        }
+        floor_x.push(ops(o.iters, t.elapsed()));
+    }
+    let mut figs = vec![
+        ops_fig(
+            "uncontended",
+            "diesel sync PgConnection guard",
+            ours,
+            "raw prepared on PgConnection",
+            floor,
+        ),
+        ops_fig(
+            "uncontended",
+            "diesel r2d2 pool guard",
+            ours_p,
+            "raw prepared on r2d2 checkout",
+            floor_p,
+        ),
+        ops_fig(
+            "transaction scope",
+            "diesel sync transaction+xact_lock",
+            ours_x,
+            "raw transaction+lock",
+            floor_x,
+        ),
+    ];
+    // try, held elsewhere
+    let mut holder = PgConnection::establish(url).unwrap();
+    diesel::select(pg_advisory_lock(k(key)))
+        .execute(&mut holder)
+        .unwrap();
+    let (mut ours_t, mut floor_t) = (vec![], vec![]);
+    for _ in 0..o.reps {
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            assert!(c.try_advisory_lock(key).unwrap().is_none());
+        }
+        ours_t.push(ops(o.iters, t.elapsed()));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            assert!(
+                !diesel::select(pg_try_advisory_lock(k(key)))
+                    .get_result::<bool>(&mut c)
+                    .unwrap()
+            );
+        }
+        floor_t.push(ops(o.iters, t.elapsed()));
+    }
+    diesel::select(pg_advisory_unlock(k(key)))
+        .get_result::<bool>(&mut holder)
+        .unwrap();
+    figs.push(ops_fig(
+        "try (held elsewhere)",
+        "diesel sync PgConnection try",
+        ours_t,
+        "raw prepared try",
+        floor_t,
+    ));
+    figs
+}
+
+diesel::define_sql_function! { fn pg_advisory_xact_lock(key: BigInt) -> Void; }
+
+pub async fn run_async(url: &str, o: Opts) -> Vec<Figure> {
+    let key = advisory_tests::unique_key();
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    let bb8: Bb8 = bb8::Pool::builder()
+        .max_size(2)
+        .build(AsyncDieselConnectionManager::new(url))
+        .await
+        .unwrap();
+    let dp: Deadpool = Deadpool::builder(AsyncDieselConnectionManager::new(url))
+        .max_size(2)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        c.advisory_lock(key).await.unwrap().release().await.unwrap();
+        floor_async(&mut c, key, 1).await;
+        bb8.advisory_lock(key)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        floor_async(&mut bb8.get().await.unwrap(), key, 1).await;
+        dp.advisory_lock(key)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        floor_async(&mut dp.get().await.unwrap(), key, 1).await;
+    }
+    let mut v: [Vec<f64>; 6] = Default::default();
+    for _ in 0..o.reps {
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            c.advisory_lock(key).await.unwrap().release().await.unwrap();
+        }
+        v[0].push(ops(o.iters, t.elapsed()));
+        v[1].push(ops(o.iters, floor_async(&mut c, key, o.iters).await));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            bb8.advisory_lock(key)
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }
+        v[2].push(ops(o.iters, t.elapsed()));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            floor_async(&mut bb8.get().await.unwrap(), key, 1).await;
+        }
+        v[3].push(ops(o.iters, t.elapsed()));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            dp.advisory_lock(key)
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }
+        v[4].push(ops(o.iters, t.elapsed()));
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            floor_async(&mut dp.get().await.unwrap(), key, 1).await;
+        }
+        v[5].push(ops(o.iters, t.elapsed()));
+    }
+    let [a, b, c2, d, e, f] = v;
+    let mut figs = vec![
+        ops_fig(
+            "uncontended",
+            "diesel-async AsyncPgConnection guard",
+            a,
+            "raw prepared on AsyncPgConnection",
+            b,
+        ),
+        ops_fig(
+            "uncontended",
+            "diesel-async bb8 pool guard",
+            c2,
+            "raw prepared on bb8 checkout",
+            d,
+        ),
+        ops_fig(
+            "uncontended",
+            "diesel-async deadpool pool guard",
+            e,
+            "raw prepared on deadpool checkout",
+            f,
+        ),
+    ];
+    figs.extend(contention_bb8(url, o).await);
+    figs
+}
+
+async fn contention_bb8(url: &str, o: Opts) -> Vec<Figure> {
+    use diesel::sql_types::Text;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct V {
+        #[diesel(sql_type = BigInt)]
+        value: i64,
+    }
+    async fn rmw(c: &mut AsyncPgConnection, id: &str) {
+        let v: V = diesel::sql_query("SELECT value FROM advisory_test_counters WHERE id = $1")
+            .bind::<Text, _>(id)
+            .get_result(c)
+            .await
+            .unwrap();
+        diesel::sql_query("UPDATE advisory_test_counters SET value = $2 WHERE id = $1")
+            .bind::<Text, _>(id)
+            .bind::<BigInt, _>(v.value + 1)
+            .execute(c)
+            .await
+            .unwrap();
+    }
+    let pool: Bb8 = bb8::Pool::builder()
+        .max_size(o.tasks as u32 + 1)
+        .build(AsyncDieselConnectionManager::new(url))
+        .await
+        .unwrap();
+    let (mut ours, mut raw) = (vec![], vec![]);
+    for _ in 0..o.reps {
+        for use_ours in [true, false] {
+            let key = advisory_tests::unique_key();
+            let id = advisory_tests::unique_name("bench-bb8");
+            diesel::sql_query("INSERT INTO advisory_test_counters (id, value) VALUES ($1, 0)")
+                .bind::<Text, _>(&id)
+                .execute(&mut pool.get().await.unwrap())
+                .await
+                .unwrap();
+            let t = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..o.tasks {
+                let (pool, id) = (pool.clone(), id.clone());
+                set.spawn(async move {
+                    for _ in 0..o.per_task {
+                        if use_ours {
+                            let mut g = pool.advisory_lock(key).await.unwrap();
+                            rmw(&mut g, &id).await;
+                            g.release().await.unwrap();
+                        } else {
+                            let mut c = pool.get().await.unwrap();
+                            diesel::select(pg_advisory_lock(k(key)))
+                                .execute(&mut *c)
+                                .await
+                                .unwrap();
+                            rmw(&mut c, &id).await;
+                            diesel::select(pg_advisory_unlock(k(key)))
+                                .get_result::<bool>(&mut *c)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                });
+            }
+            set.join_all().await;
+            let el = t.elapsed();
+            let v: V = diesel::sql_query("SELECT value FROM advisory_test_counters WHERE id = $1")
+                .bind::<Text, _>(&id)
+                .get_result(&mut pool.get().await.unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                v.value as usize,
+                o.tasks * o.per_task,
+                "lost update under the lock"
+            );
+            let r = ops(o.tasks * o.per_task, el);
+            if use_ours { ours.push(r) } else { raw.push(r) }
+        }
+    }
+    let mut f = ops_fig("contention", "", ours, "raw SQL, same loop", raw);
+    f.path = format!("diesel-async bb8 guard ({} tasks, rmw)", o.tasks);
+    f.note = "final value checked".into();
+    vec![f]
+}
+
+pub fn count_round_trips_sync(
+    purl: &str,
+    counter: &crate::proxy::Counter,
+    n: usize,
+) -> Vec<(String, f64)> {
+    let key = advisory_tests::unique_key();
+    let mut c = PgConnection::establish(purl).unwrap();
+    let mut out = Vec::new();
+    let mut count = |name: &str, f: &mut dyn FnMut()| {
+        for _ in 0..3 {
+            f();
+        }
+        let before = counter.get();
+        for _ in 0..n {
+            f();
+        }
+        out.push((name.to_string(), (counter.get() - before) as f64 / n as f64));
+    };
+    count("diesel sync advisory_lock+release", &mut || {
+        c.advisory_lock(key).unwrap().release().unwrap()
+    });
+    count("  raw lock+unlock (floor)", &mut || {
+        floor_sync(&mut c, key, 1);
+    });
+    count("diesel sync advisory_lock_timeout+release", &mut || {
+        c.advisory_lock_timeout(key, Duration::from_secs(5))
+            .unwrap()
+            .release()
+            .unwrap()
+    });
+    count("diesel sync transaction+xact_lock_timeout", &mut || {
+        c.transaction::<_, diesel_advisory::Error, _>(|c| {
+            c.xact_lock_timeout(key, Duration::from_secs(5))
+        })
+        .unwrap()
+    });
+    out
+}
+
+pub async fn count_round_trips_async(
+    purl: &str,
+    counter: &crate::proxy::Counter,
+    n: usize,
+) -> Vec<(String, f64)> {
+    let key = advisory_tests::unique_key();
+    let mut c = AsyncPgConnection::establish(purl).await.unwrap();
+    let bb8: Bb8 = bb8::Pool::builder()
+        .max_size(1)
+        .build(AsyncDieselConnectionManager::new(purl))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    macro_rules! count {
+        ($name:expr, $body:expr) => {{
+            for _ in 0..3 {
+                $body;
+            }
+            let before = counter.get();
+            for _ in 0..n {
+                $body;
+            }
+            out.push((
+                $name.to_string(),
+                (counter.get() - before) as f64 / n as f64,
+            ));
+        }};
+    }
+    count!(
+        "diesel-async advisory_lock+release",
+        c.advisory_lock(key).await.unwrap().release().await.unwrap()
+    );
+    count!(
+        "  raw lock+unlock (floor)",
+        floor_async(&mut c, key, 1).await
+    );
+    count!(
+        "diesel-async bb8 advisory_lock+release",
+        bb8.advisory_lock(key)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap()
+    );
+    count!(
+        "  raw on bb8 checkout (floor)",
+        floor_async(&mut bb8.get().await.unwrap(), key, 1).await
+    );
+    out
+}
