@@ -294,7 +294,7 @@ pub(crate) async fn lock(
         }
         _ => req
             .lock_stmt(scope, ms)
-            .get_result::<bool>(conn)
+            .get_async(conn)
             .await
             .map_err(|e| req.classify(e)),
     };
@@ -340,7 +340,7 @@ pub(crate) async fn unlock(
     mode: Mode,
 ) -> Result<bool, Error> {
     let unlocked = unlock_stmt(key, mode)
-        .get_result::<bool>(conn)
+        .get_async(conn)
         .await
         .map_err(|e| crate::error::classify(e, key, None))?;
     tracing::debug!(key = %key, mode = mode_name(mode), unlocked, "advisory unlock");
@@ -353,7 +353,7 @@ pub(crate) async fn held(
     mode: Mode,
 ) -> Result<bool, Error> {
     held_stmt(key, mode)
-        .get_result::<bool>(conn)
+        .get_async(conn)
         .await
         .map_err(|e| crate::error::classify(e, key, None))
 }

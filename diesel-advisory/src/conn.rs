@@ -218,7 +218,7 @@ pub(crate) fn lock(conn: &mut PgConnection, scope: Scope, req: &Request) -> Resu
         }
         _ => req
             .lock_stmt(scope, ms)
-            .get_result::<bool>(conn)
+            .get(conn)
             .map_err(|e| req.classify(e)),
     };
     let locked = match result {
@@ -258,7 +258,7 @@ fn lock_in_savepoint(
 /// Release one session-level hold: `Ok(false)` if the server says it was not held.
 pub(crate) fn unlock(conn: &mut PgConnection, key: Key, mode: Mode) -> Result<bool, Error> {
     let unlocked = unlock_stmt(key, mode)
-        .get_result::<bool>(conn)
+        .get(conn)
         .map_err(|e| crate::error::classify(e, key, None))?;
     tracing::debug!(key = %key, mode = crate::request::mode_name(mode), unlocked, "advisory unlock");
     Ok(unlocked)
@@ -267,7 +267,7 @@ pub(crate) fn unlock(conn: &mut PgConnection, key: Key, mode: Mode) -> Result<bo
 /// Does this session hold `key` in `mode`, according to `pg_locks`?
 pub(crate) fn held(conn: &mut PgConnection, key: Key, mode: Mode) -> Result<bool, Error> {
     held_stmt(key, mode)
-        .get_result::<bool>(conn)
+        .get(conn)
         .map_err(|e| crate::error::classify(e, key, None))
 }
 

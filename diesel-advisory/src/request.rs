@@ -6,7 +6,7 @@ use advisory_common::Key;
 use advisory_common::sql::{self, Mode, Scope, Wait};
 
 use crate::Error;
-use crate::stmt::BoolStmt;
+use crate::stmt::{BoolStmt, StmtId};
 
 /// How an acquire waits.
 #[derive(Clone, Copy, Debug)]
@@ -52,8 +52,8 @@ impl Request {
             How::Timeout(_) => Wait::Timeout,
         };
         BoolStmt::new(
-            sql::lock_sql(scope, self.mode, wait, self.key.space()),
-            Some(self.key),
+            StmtId::lock(scope, self.mode, wait, self.key.space()),
+            self.key,
             ms,
         )
     }
@@ -69,11 +69,11 @@ impl Request {
 }
 
 pub(crate) fn unlock_stmt(key: Key, mode: Mode) -> BoolStmt {
-    BoolStmt::new(sql::unlock_sql(mode, key.space()), Some(key), None)
+    BoolStmt::new(StmtId::unlock(mode, key.space()), key, None)
 }
 
 pub(crate) fn held_stmt(key: Key, mode: Mode) -> BoolStmt {
-    BoolStmt::new(sql::held_sql(mode, key.space()), Some(key), None)
+    BoolStmt::new(StmtId::held(mode, key.space()), key, None)
 }
 
 pub(crate) fn mode_name(mode: Mode) -> &'static str {

@@ -5,17 +5,152 @@
 //! `diesel/src/query_builder/sql_query.rs`), and a `define_sql_function!` call would produce diesel's
 //! own SQL text, not the project's. This type walks the common text instead: it emits the text
 //! verbatim and turns each `$n` into a diesel bind parameter (diesel writes `$n` back, so the SQL
-//! the server sees is byte-identical to [`advisory_common::sql`]'s). It stays safe to cache and has
-//! no static query id, so diesel's `StatementCache` (shared by diesel and diesel-async) keys it by
-//! SQL text + bind types: one `Parse` per connection and statement, then one round trip per call.
+//! the server sees is byte-identical to [`advisory_common::sql`]'s).
+//!
+//! Each distinct statement text is its own type, `Stmt<ST, ID>`: `ID` indexes the table of texts
+//! ([`text`]), and the type is its own static query id. diesel's `StatementCache` (shared by diesel
+//! and diesel-async) then finds the prepared statement by `TypeId`, like any `define_sql_function!`
+//! query, instead of rebuilding the SQL string and hashing it (plus a bind-type `Vec`) on every
+//! call: one `Parse` per connection and statement, then one round trip per call. The text is a
+//! function of `ID` alone and [`text`] is injective (tested), so two texts never share a query id.
+//! A runtime [`StmtId`] picks the type through `with_bool_stmt_id!` (a `match` over the ids).
 
 use std::marker::PhantomData;
 
-use advisory_common::{Key, LockInfo};
+use advisory_common::sql::{self, Mode, Scope, Wait};
+use advisory_common::{Key, KeySpace, LockInfo};
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::{Error as DieselError, QueryResult};
 use diesel::sql_types::{BigInt, Bool, Double, Integer, Nullable, Text};
+
+/// Number of lock statements: scope × mode × wait × key space.
+const N_LOCK: usize = 2 * 2 * 3 * 2;
+/// First unlock statement (mode × key space).
+const UNLOCK_BASE: usize = N_LOCK;
+/// First held statement (mode × key space).
+const HELD_BASE: usize = UNLOCK_BASE + 4;
+/// [`advisory_common::sql::LOCKS_SQL`].
+const LOCKS_ID: usize = HELD_BASE + 4;
+/// Number of statement ids (`0..N_IDS`).
+#[cfg(test)]
+const N_IDS: usize = LOCKS_ID + 1;
+
+fn mode_ix(mode: Mode) -> usize {
+    match mode {
+        Mode::Exclusive => 0,
+        Mode::Shared => 1,
+    }
+}
+
+fn space_ix(space: KeySpace) -> usize {
+    match space {
+        KeySpace::BigInt => 0,
+        KeySpace::Pair => 1,
+    }
+}
+
+fn mode_of(i: usize) -> Mode {
+    if i == 0 {
+        Mode::Exclusive
+    } else {
+        Mode::Shared
+    }
+}
+
+fn space_of(i: usize) -> KeySpace {
+    if i == 0 {
+        KeySpace::BigInt
+    } else {
+        KeySpace::Pair
+    }
+}
+
+/// Which statement of [`advisory_common::sql`] (the `ID` of a [`Stmt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StmtId(usize);
+
+impl StmtId {
+    pub(crate) fn lock(scope: Scope, mode: Mode, wait: Wait, space: KeySpace) -> StmtId {
+        let scope = match scope {
+            Scope::Session => 0,
+            Scope::Transaction => 1,
+        };
+        let wait = match wait {
+            Wait::Block => 0,
+            Wait::Try => 1,
+            Wait::Timeout => 2,
+        };
+        StmtId(((scope * 2 + mode_ix(mode)) * 3 + wait) * 2 + space_ix(space))
+    }
+
+    pub(crate) fn unlock(mode: Mode, space: KeySpace) -> StmtId {
+        StmtId(UNLOCK_BASE + mode_ix(mode) * 2 + space_ix(space))
+    }
+
+    pub(crate) fn held(mode: Mode, space: KeySpace) -> StmtId {
+        StmtId(HELD_BASE + mode_ix(mode) * 2 + space_ix(space))
+    }
+}
+
+/// The statement text of id `id`, always from [`advisory_common::sql`]; `None` out of range.
+///
+/// Injective over `0..N_IDS` (tested): the text is a function of the id alone, so a [`Stmt`]'s
+/// static query id (its type, which includes `ID`) never stands for two different texts.
+pub(crate) fn text(id: usize) -> Option<&'static str> {
+    if id < N_LOCK {
+        let scope = if id / 12 == 0 {
+            Scope::Session
+        } else {
+            Scope::Transaction
+        };
+        let wait = match id / 2 % 3 {
+            0 => Wait::Block,
+            1 => Wait::Try,
+            _ => Wait::Timeout,
+        };
+        Some(sql::lock_sql(
+            scope,
+            mode_of(id / 6 % 2),
+            wait,
+            space_of(id % 2),
+        ))
+    } else if id < HELD_BASE {
+        let i = id - UNLOCK_BASE;
+        Some(sql::unlock_sql(mode_of(i / 2), space_of(i % 2)))
+    } else if id < LOCKS_ID {
+        let i = id - HELD_BASE;
+        Some(sql::held_sql(mode_of(i / 2), space_of(i % 2)))
+    } else if id == LOCKS_ID {
+        Some(sql::LOCKS_SQL)
+    } else {
+        None
+    }
+}
+
+/// Runs `$body` with `$n` bound to the `const` id of `$id` (a [`StmtId`] of a one-`boolean`
+/// statement: lock, unlock or held), so `$body` can name the type `Stmt<Bool, $n>`.
+#[cfg(any(feature = "sync", feature = "async", test))]
+macro_rules! with_bool_stmt_id {
+    ($id:expr, $n:ident => $body:expr) => {
+        with_bool_stmt_id!(@arms $id, $n, $body;
+            0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23
+            24 25 26 27 28 29 30 31)
+    };
+    (@arms $id:expr, $n:ident, $body:expr; $($i:literal)*) => {
+        match $id.0 {
+            $(
+                $i => {
+                    const $n: usize = $i;
+                    $body
+                }
+            )*
+            other => Err(DieselError::QueryBuilderError(
+                format!("no boolean statement with id {other}").into(),
+            )),
+        }
+    };
+}
 
 /// A bound value.
 #[derive(Clone, Copy, Debug)]
@@ -24,18 +159,17 @@ enum Param {
     I4(i32),
 }
 
-/// One prepared, cached statement from `advisory_common::sql` and its parameters.
+/// Statement `ID` of [`text`] and its parameters.
 #[derive(Debug)]
-pub(crate) struct Stmt<ST> {
-    sql: &'static str,
+pub(crate) struct Stmt<ST, const ID: usize> {
     params: [Param; 3],
     len: usize,
     _st: PhantomData<fn() -> ST>,
 }
 
-impl<ST> Stmt<ST> {
-    /// `sql` with the key bound as `$1` (or `$1, $2` for a pair) and `ms`, if any, after it.
-    pub(crate) fn new(sql: &'static str, key: Option<Key>, ms: Option<i32>) -> Self {
+impl<ST, const ID: usize> Stmt<ST, ID> {
+    /// Text `ID` with the key bound as `$1` (or `$1, $2` for a pair) and `ms`, if any, after it.
+    fn new(key: Option<Key>, ms: Option<i32>) -> Self {
         let mut params = [Param::I4(0); 3];
         let mut len = 0;
         let mut push = |p| {
@@ -54,7 +188,6 @@ impl<ST> Stmt<ST> {
             push(Param::I4(ms));
         }
         Stmt {
-            sql,
             params,
             len,
             _st: PhantomData,
@@ -62,8 +195,43 @@ impl<ST> Stmt<ST> {
     }
 }
 
-/// A lock / unlock / held statement: one row, one `boolean`.
-pub(crate) type BoolStmt = Stmt<Bool>;
+/// A lock / unlock / held statement with its parameters, chosen at run time: one row, one
+/// `boolean`. Runs as the `Stmt<Bool, ID>` of its id.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BoolStmt {
+    id: StmtId,
+    key: Key,
+    ms: Option<i32>,
+}
+
+impl BoolStmt {
+    pub(crate) fn new(id: StmtId, key: Key, ms: Option<i32>) -> BoolStmt {
+        BoolStmt { id, key, ms }
+    }
+
+    /// Run it on a sync connection (one round trip once prepared).
+    #[cfg(feature = "sync")]
+    pub(crate) fn get(self, conn: &mut diesel::PgConnection) -> QueryResult<bool> {
+        use diesel::RunQueryDsl;
+        let BoolStmt { id, key, ms } = self;
+        with_bool_stmt_id!(id, N => Stmt::<Bool, N>::new(Some(key), ms).get_result::<bool>(conn))
+    }
+
+    /// Run it on a diesel-async connection (one round trip once prepared).
+    #[cfg(feature = "async")]
+    pub(crate) async fn get_async(
+        self,
+        conn: &mut diesel_async::AsyncPgConnection,
+    ) -> QueryResult<bool> {
+        use diesel_async::RunQueryDsl;
+        let BoolStmt { id, key, ms } = self;
+        with_bool_stmt_id!(id, N => {
+            Stmt::<Bool, N>::new(Some(key), ms)
+                .get_result::<bool>(conn)
+                .await
+        })
+    }
+}
 
 /// The columns of [`advisory_common::sql::LOCKS_SQL`].
 pub(crate) type LocksRow = (
@@ -82,23 +250,26 @@ pub(crate) type LocksRow = (
 );
 
 /// [`advisory_common::sql::LOCKS_SQL`] as a typed statement.
-pub(crate) type LocksStmt = Stmt<(
-    BigInt,
-    BigInt,
-    Integer,
-    Text,
-    Bool,
-    Integer,
-    Nullable<Text>,
-    Nullable<Text>,
-    Nullable<Text>,
-    Nullable<Double>,
-    Nullable<Double>,
-    Nullable<Text>,
-)>;
+pub(crate) type LocksStmt = Stmt<
+    (
+        BigInt,
+        BigInt,
+        Integer,
+        Text,
+        Bool,
+        Integer,
+        Nullable<Text>,
+        Nullable<Text>,
+        Nullable<Text>,
+        Nullable<Double>,
+        Nullable<Double>,
+        Nullable<Text>,
+    ),
+    LOCKS_ID,
+>;
 
 pub(crate) fn locks_stmt() -> LocksStmt {
-    Stmt::new(advisory_common::sql::LOCKS_SQL, None, None)
+    Stmt::new(None, None)
 }
 
 pub(crate) fn decode_locks(rows: Vec<LocksRow>) -> Vec<LockInfo> {
@@ -111,19 +282,23 @@ pub(crate) fn decode_locks(rows: Vec<LocksRow>) -> Vec<LockInfo> {
         .collect()
 }
 
-impl<ST> QueryId for Stmt<ST> {
-    type QueryId = ();
-    // The SQL differs per instance: cache by SQL text, not by type.
-    const HAS_STATIC_QUERY_ID: bool = false;
+impl<ST: 'static, const ID: usize> QueryId for Stmt<ST, ID> {
+    // One type per statement text (see `text`): diesel caches it by `TypeId`, without building
+    // and hashing the SQL string on every call.
+    type QueryId = Self;
+    const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl<ST: 'static> Query for Stmt<ST> {
+impl<ST: 'static, const ID: usize> Query for Stmt<ST, ID> {
     type SqlType = ST;
 }
 
-impl<ST> QueryFragment<Pg> for Stmt<ST> {
+impl<ST, const ID: usize> QueryFragment<Pg> for Stmt<ST, ID> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let mut rest = self.sql;
+        let sql = text(ID).ok_or_else(|| {
+            DieselError::QueryBuilderError(format!("no statement with id {ID}").into())
+        })?;
+        let mut rest = sql;
         let mut next = 0;
         while let Some(at) = rest.find('$') {
             out.push_sql(&rest[..at]);
@@ -138,7 +313,7 @@ impl<ST> QueryFragment<Pg> for Stmt<ST> {
             // common statement uses $1, $2, ... once each, in order (it does; tested there).
             if n != next + 1 || next >= self.len {
                 return Err(DieselError::QueryBuilderError(
-                    format!("unexpected placeholder ${n} in {}", self.sql).into(),
+                    format!("unexpected placeholder ${n} in {sql}").into(),
                 ));
             }
             match &self.params[next] {
@@ -151,7 +326,7 @@ impl<ST> QueryFragment<Pg> for Stmt<ST> {
         out.push_sql(rest);
         if next != self.len {
             return Err(DieselError::QueryBuilderError(
-                format!("{} takes {next} parameters, {} bound", self.sql, self.len).into(),
+                format!("{sql} takes {next} parameters, {} bound", self.len).into(),
             ));
         }
         Ok(())
@@ -159,44 +334,117 @@ impl<ST> QueryFragment<Pg> for Stmt<ST> {
 }
 
 #[cfg(feature = "sync")]
-impl<ST, Conn> diesel::RunQueryDsl<Conn> for Stmt<ST> {}
+impl<ST, const ID: usize, Conn> diesel::RunQueryDsl<Conn> for Stmt<ST, ID> {}
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
-    use advisory_common::sql::{self, Mode, Scope, Wait};
+    use advisory_common::sql::{MODES, SCOPES, SPACES, WAITS};
+
+    /// Every id's text is one of `sql::all_statements()`, no two ids share a text, and the
+    /// constructors map each (scope, mode, wait, space) to the id of exactly that text.
+    #[test]
+    fn ids_and_texts_are_one_to_one() {
+        let mut seen = HashMap::new();
+        for id in 0..N_IDS {
+            let t = text(id).expect("in range");
+            assert!(
+                seen.insert(t, id).is_none(),
+                "ids {} and {id} share {t}",
+                seen[t]
+            );
+        }
+        assert_eq!(text(N_IDS), None);
+        for scope in SCOPES {
+            for mode in MODES {
+                for wait in WAITS {
+                    for space in SPACES {
+                        let id = StmtId::lock(scope, mode, wait, space);
+                        assert!(id.0 < N_LOCK);
+                        assert_eq!(text(id.0), Some(sql::lock_sql(scope, mode, wait, space)));
+                    }
+                }
+            }
+        }
+        for mode in MODES {
+            for space in SPACES {
+                let id = StmtId::unlock(mode, space);
+                assert_eq!(text(id.0), Some(sql::unlock_sql(mode, space)));
+                let id = StmtId::held(mode, space);
+                assert_eq!(text(id.0), Some(sql::held_sql(mode, space)));
+            }
+        }
+        assert_eq!(text(LOCKS_ID), Some(sql::LOCKS_SQL));
+        let all: Vec<String> = sql::all_statements().into_iter().map(|s| s.0).collect();
+        for t in seen.keys() {
+            assert!(
+                all.iter().any(|s| s == t),
+                "{t} not from advisory_common::sql"
+            );
+        }
+    }
+
+    /// Each id is a distinct static query id.
+    #[test]
+    fn query_ids_are_distinct() {
+        let mut ids = std::collections::HashSet::new();
+        macro_rules! check {
+            ($($i:literal)*) => {
+                $( assert!(ids.insert(<Stmt<Bool, $i> as QueryId>::query_id().unwrap())); )*
+            };
+        }
+        check!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+        assert!(ids.insert(LocksStmt::query_id().unwrap()));
+        assert_eq!(ids.len(), N_IDS);
+    }
+
+    /// What diesel would send for `id`, with `key` and `ms` bound.
+    fn debug(id: StmtId, key: Key, ms: Option<i32>) -> String {
+        with_bool_stmt_id!(id, N => Ok::<_, DieselError>(
+            diesel::debug_query::<Pg, _>(&Stmt::<Bool, N>::new(Some(key), ms)).to_string()
+        ))
+        .unwrap()
+    }
 
     #[test]
     fn sql_text_is_byte_identical_to_common() {
-        for (text, n) in sql::all_statements() {
-            let text: &'static str = Box::leak(text.into_boxed_str());
-            let timed = text.contains("::int4)::text");
-            let key = match n - usize::from(timed) {
-                0 => None,
-                1 => Some(Key::BigInt(7)),
-                _ => Some(Key::Pair(1, 2)),
+        for id in 0..HELD_BASE + 4 {
+            let t = text(id).unwrap();
+            let timed = t.contains("::int4)::text");
+            let pair = if timed {
+                t.contains("$3")
+            } else {
+                t.contains("$2")
+            };
+            let key = if pair {
+                Key::Pair(1, 2)
+            } else {
+                Key::BigInt(7)
             };
             let ms = timed.then_some(5);
-            let stmt = BoolStmt::new(text, key, ms);
             assert_eq!(
-                diesel::debug_query::<Pg, _>(&stmt)
-                    .to_string()
-                    .split(" -- binds")
-                    .next(),
-                Some(text),
+                debug(StmtId(id), key, ms).split(" -- binds").next(),
+                Some(t),
             );
         }
-        let s = sql::lock_sql(
+        assert_eq!(
+            diesel::debug_query::<Pg, _>(&locks_stmt())
+                .to_string()
+                .split(" -- binds")
+                .next(),
+            Some(sql::LOCKS_SQL)
+        );
+        let id = StmtId::lock(
             Scope::Session,
             Mode::Shared,
             Wait::Timeout,
             Key::Pair(1, 2).space(),
         );
-        let stmt = BoolStmt::new(s, Some(Key::Pair(1, 2)), Some(9));
-        assert!(
-            diesel::debug_query::<Pg, _>(&stmt)
-                .to_string()
-                .ends_with("-- binds: [1, 2, 9]")
-        );
+        assert!(debug(id, Key::Pair(1, 2), Some(9)).ends_with("-- binds: [1, 2, 9]"));
+        // The bool dispatch covers exactly the lock, unlock and held statements.
+        let out_of_range = with_bool_stmt_id!(StmtId(LOCKS_ID), N => Ok::<_, DieselError>(N));
+        assert!(out_of_range.is_err());
     }
 }

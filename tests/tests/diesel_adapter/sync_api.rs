@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use advisory_common::{Key, LockMode};
-use advisory_tests::{assert_no_locks, granted, unique_key, wait_until, waiting};
+use advisory_tests::{assert_no_locks, granted, unique_i32, unique_key, wait_until, waiting};
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
@@ -390,4 +390,161 @@ fn statements_are_prepared_once_and_cached() {
             "{text} in {prepared:#?}"
         );
     }
+}
+
+/// Every statement the sync adapter prepares, on one connection: each one does what its text says
+/// (exclusive vs shared, waiting vs try vs timed, bigint vs pair key, session vs transaction
+/// scope, unlock, held, lock listing), and `pg_prepared_statements` holds exactly one entry per
+/// distinct statement text. Each statement is cached under its own static query id; two texts
+/// sharing one would run the wrong cached statement, which both checks catch.
+#[test]
+fn every_statement_variant_is_its_own_prepared_statement() {
+    use advisory_common::sql::{Mode, Scope, Wait, held_sql, lock_sql, unlock_sql};
+    use std::collections::HashSet;
+
+    let (mut c, mut other) = (conn(), conn());
+    let c_pid = pid(&mut c);
+    let to_mode = |m: LockMode| match m {
+        LockMode::Exclusive => Mode::Exclusive,
+        LockMode::Shared => Mode::Shared,
+    };
+    // `key` is held by `c` (only) in `mode`, and `other` sees the matching conflicts.
+    let check_held = |other: &mut PgConnection, key: Key, mode: Mode| {
+        let g = granted(key);
+        assert_eq!(g.len(), 1, "{key} {mode:?}: {g:?}");
+        assert_eq!((g[0].pid, to_mode(g[0].mode)), (c_pid, mode), "{key}");
+        assert!(other.try_advisory_lock(key).unwrap().is_none(), "{key}");
+        let shared = other.try_advisory_lock_shared(key).unwrap();
+        assert_eq!(shared.is_some(), mode == Mode::Shared, "{key}");
+        drop(shared);
+    };
+    let mut used = HashSet::new();
+    let keys = || [unique_key(), Key::Pair(unique_i32(), unique_i32())];
+    for mode in [Mode::Exclusive, Mode::Shared] {
+        let shared = mode == Mode::Shared;
+        for key in keys() {
+            let space = key.space();
+            used.insert(unlock_sql(mode, space));
+            used.insert(held_sql(mode, space));
+            for wait in [Wait::Block, Wait::Try, Wait::Timeout] {
+                used.insert(lock_sql(Scope::Session, mode, wait, space));
+                let mut g = match (wait, shared) {
+                    (Wait::Block, false) => c.advisory_lock(key).unwrap(),
+                    (Wait::Block, true) => c.advisory_lock_shared(key).unwrap(),
+                    (Wait::Try, false) => c.try_advisory_lock(key).unwrap().unwrap(),
+                    (Wait::Try, true) => c.try_advisory_lock_shared(key).unwrap().unwrap(),
+                    (Wait::Timeout, false) => c
+                        .advisory_lock_timeout(key, Duration::from_secs(5))
+                        .unwrap(),
+                    (Wait::Timeout, true) => c
+                        .advisory_lock_shared_timeout(key, Duration::from_secs(5))
+                        .unwrap(),
+                };
+                assert_eq!(g.is_shared(), shared);
+                assert!(g.is_held().unwrap(), "{key} {mode:?} {wait:?}");
+                check_held(&mut other, key, mode);
+                g.release().unwrap();
+                assert!(granted(key).is_empty(), "{key} {mode:?} {wait:?}");
+            }
+            // Refusals: another session holds the key exclusively.
+            let blocker = other.advisory_lock(key).unwrap();
+            let refused = if shared {
+                c.try_advisory_lock_shared(key).unwrap().is_none()
+            } else {
+                c.try_advisory_lock(key).unwrap().is_none()
+            };
+            assert!(refused, "{key} {mode:?}");
+            let timed = if shared {
+                c.advisory_lock_shared_timeout(key, Duration::from_millis(20))
+            } else {
+                c.advisory_lock_timeout(key, Duration::from_millis(20))
+            };
+            assert!(
+                matches!(timed, Err(Error::Timeout { .. })),
+                "{key}: {timed:?}"
+            );
+            drop(timed);
+            blocker.release().unwrap();
+            // Transaction scope (a timed one inside a transaction is the savepoint batch).
+            for wait in [Wait::Block, Wait::Try] {
+                used.insert(lock_sql(Scope::Transaction, mode, wait, space));
+                c.transaction::<_, Error, _>(|c| {
+                    match (wait, shared) {
+                        (Wait::Block, false) => c.xact_lock(key)?,
+                        (Wait::Block, true) => c.xact_lock_shared(key)?,
+                        (Wait::Try, false) => assert!(c.try_xact_lock(key)?),
+                        (Wait::Try, true) => assert!(c.try_xact_lock_shared(key)?),
+                        _ => unreachable!(),
+                    }
+                    check_held(&mut other, key, mode);
+                    Ok(())
+                })
+                .unwrap();
+                assert!(granted(key).is_empty(), "{key} {mode:?} {wait:?}");
+            }
+            let blocker = other.advisory_lock(key).unwrap();
+            let got = c
+                .transaction::<_, Error, _>(|c| {
+                    if shared {
+                        c.try_xact_lock_shared(key)
+                    } else {
+                        c.try_xact_lock(key)
+                    }
+                })
+                .unwrap();
+            assert!(!got, "{key} {mode:?}");
+            blocker.release().unwrap();
+        }
+    }
+    // Not held any more: unlock says so, held says no.
+    let key = unique_key();
+    let mut g = c.advisory_lock_shared(key).unwrap();
+    diesel::sql_query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *g)
+        .unwrap();
+    assert!(!g.is_held().unwrap());
+    assert!(matches!(g.release(), Err(Error::NotHeld { .. })));
+    // The lock listing.
+    let held = c.advisory_lock(key).unwrap();
+    let mine: Vec<_> = other
+        .advisory_locks()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.key == key)
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!((mine[0].pid, mine[0].mode), (c_pid, LockMode::Exclusive));
+    drop(held);
+    let listed = c.advisory_locks().unwrap();
+    assert!(listed.iter().all(|l| l.key != key));
+    used.insert(advisory_common::sql::LOCKS_SQL);
+
+    #[derive(QueryableByName)]
+    struct S {
+        #[diesel(sql_type = Text)]
+        statement: String,
+    }
+    let prepared: Vec<String> = diesel::sql_query("SELECT statement FROM pg_prepared_statements")
+        .load::<S>(&mut c)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.statement)
+        .collect();
+    let all: HashSet<String> = advisory_common::sql::all_statements()
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    let ours: Vec<&String> = prepared.iter().filter(|s| all.contains(*s)).collect();
+    let distinct: HashSet<&str> = ours.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        distinct.len(),
+        ours.len(),
+        "a text prepared twice: {ours:#?}"
+    );
+    assert_eq!(
+        distinct,
+        used.iter().copied().collect::<HashSet<&str>>(),
+        "prepared vs used"
+    );
+    assert_eq!(used.len(), 2 * 2 * (3 + 2 + 2) + 1);
 }
