@@ -347,40 +347,125 @@ async fn rw_read(c: &mut AsyncPgConnection, id: &str) -> Ab {
         .unwrap()
 }
 
-/// Readers with shared locks never see a writer's half-done update (bb8).
+/// Readers with shared locks never see a writer's half-done update (bb8 and deadpool).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readers_writer_diesel_bb8() {
-    let p = bb8(8).await;
-    let key = unique_key();
-    let id = Arc::new(
-        tokio::task::spawn_blocking(|| new_row("rw-bb8"))
-            .await
-            .unwrap(),
-    );
-    let (reads, broken) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let t = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for w in 0..6 {
-        let (p, id, reads, broken) = (p.clone(), id.clone(), reads.clone(), broken.clone());
-        set.spawn(async move {
-            for _ in 0..150 {
-                if w < 2 {
-                    let mut g = p.advisory_lock(key).await.unwrap();
-                    rw_write(&mut g, &id).await;
-                    g.release().await.unwrap();
-                } else {
-                    let mut g = p.advisory_lock_shared(key).await.unwrap();
-                    let r = rw_read(&mut g, &id).await;
-                    reads.fetch_add(1, Ordering::Relaxed);
-                    if r.a != r.b {
-                        broken.fetch_add(1, Ordering::Relaxed);
+async fn readers_writer_diesel_async_pools() {
+    for which in ["diesel-async bb8", "diesel-async deadpool"] {
+        let (b, d) = (bb8(8).await, deadpool(8));
+        let key = unique_key();
+        let id = Arc::new(
+            tokio::task::spawn_blocking(|| new_row("rw-async"))
+                .await
+                .unwrap(),
+        );
+        let (reads, broken) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let t = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for w in 0..6 {
+            let (b, d, id, reads, broken) = (
+                b.clone(),
+                d.clone(),
+                id.clone(),
+                reads.clone(),
+                broken.clone(),
+            );
+            set.spawn(async move {
+                for _ in 0..150 {
+                    let bb = which.ends_with("bb8");
+                    if w < 2 {
+                        if bb {
+                            let mut g = b.advisory_lock(key).await.unwrap();
+                            rw_write(&mut g, &id).await;
+                            g.release().await.unwrap();
+                        } else {
+                            let mut g = d.advisory_lock(key).await.unwrap();
+                            rw_write(&mut g, &id).await;
+                            g.release().await.unwrap();
+                        }
+                    } else {
+                        let r = if bb {
+                            let mut g = b.advisory_lock_shared(key).await.unwrap();
+                            let r = rw_read(&mut g, &id).await;
+                            g.release().await.unwrap();
+                            r
+                        } else {
+                            let mut g = d.advisory_lock_shared(key).await.unwrap();
+                            let r = rw_read(&mut g, &id).await;
+                            g.release().await.unwrap();
+                            r
+                        };
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        if r.a != r.b {
+                            broken.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    g.release().await.unwrap();
                 }
-            }
-        });
+            });
+        }
+        set.join_all().await;
+        assert_eq!(
+            broken.load(Ordering::Relaxed),
+            0,
+            "{which}: a reader saw a = b broken under a shared lock"
+        );
+        summary(
+            "readers-writer",
+            which,
+            format_args!(
+                "writes=300 reads={} broken=0 ms={}",
+                reads.load(Ordering::Relaxed),
+                t.elapsed().as_millis()
+            ),
+        );
     }
-    set.join_all().await;
+}
+
+/// Readers with shared locks never see a writer's half-done update (r2d2, threads).
+#[test]
+fn readers_writer_diesel_r2d2() {
+    use diesel::RunQueryDsl;
+    let p = r2d2(8);
+    let key = unique_key();
+    let id = new_row("rw-r2d2");
+    let (reads, broken) = (AtomicU64::new(0), AtomicU64::new(0));
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..6 {
+            let (p, id, reads, broken) = (&p, &id, &reads, &broken);
+            s.spawn(move || {
+                for _ in 0..150 {
+                    if w < 2 {
+                        let mut g = p.advisory_lock(key).unwrap();
+                        diesel::sql_query(RW_WRITE_A)
+                            .bind::<Text, _>(id)
+                            .execute(&mut *g)
+                            .unwrap();
+                        diesel::sql_query(RW_WRITE_B)
+                            .bind::<Text, _>(id)
+                            .execute(&mut *g)
+                            .unwrap();
+                        g.release().unwrap();
+                    } else {
+                        let mut g = p.advisory_lock_shared(key).unwrap();
+                        let r: Ab = diesel::sql_query(RW_READ)
+                            .bind::<Text, _>(id)
+                            .get_result(&mut *g)
+                            .unwrap();
+                        g.release().unwrap();
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        if r.a != r.b {
+                            broken.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let r: Ab = diesel::sql_query(RW_READ)
+        .bind::<Text, _>(&id)
+        .get_result(&mut raw())
+        .unwrap();
+    assert_eq!((r.a, r.b), (300, 300));
     assert_eq!(
         broken.load(Ordering::Relaxed),
         0,
@@ -388,7 +473,7 @@ async fn readers_writer_diesel_bb8() {
     );
     summary(
         "readers-writer",
-        "diesel-async bb8",
+        "diesel r2d2",
         format_args!(
             "writes=300 reads={} broken=0 ms={}",
             reads.load(Ordering::Relaxed),
