@@ -50,6 +50,18 @@ mod sqlx_hostile {
             format_args!("error=\"{e}\""),
         );
 
+        // a URL that is not one: sqlx refuses it before any lock call; through `?` it is our Database error
+        let e: Error = PgPoolOptions::new()
+            .connect_lazy("not a url")
+            .unwrap_err()
+            .into();
+        assert!(matches!(e, Error::Database(_)), "{e:?}");
+        summary(
+            "hostile input",
+            "sqlx bad url",
+            format_args!("error=\"{e}\""),
+        );
+
         // pool exhausted: checkout timeout is a typed error, the held guard is unaffected
         let p = PgPoolOptions::new()
             .max_connections(1)
@@ -232,6 +244,44 @@ mod diesel_hostile {
             "diesel deadpool unreachable",
             format_args!("error=\"{e}\""),
         );
+
+        // bare AsyncPgConnection: durations, transaction lock outside a transaction, lock not held
+        {
+            use diesel_async::AsyncConnection;
+            let mut c = AsyncPgConnection::establish(db().url()).await.unwrap();
+            let key = unique_key();
+            c.advisory_lock_timeout(key, Duration::ZERO)
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+            let e = c
+                .advisory_lock_timeout(key, Duration::MAX)
+                .await
+                .expect_err("Duration::MAX");
+            assert!(matches!(e, Error::InvalidTimeout(_)), "{e:?}");
+            let e = c.xact_lock(key).await.expect_err("not in a transaction");
+            assert!(matches!(e, Error::NotInTransaction { .. }), "{e:?}");
+            let mut g = c.advisory_lock(key).await.unwrap();
+            diesel_async::RunQueryDsl::execute(
+                diesel::sql_query("SELECT pg_advisory_unlock_all()"),
+                &mut *g,
+            )
+            .await
+            .unwrap();
+            let e = g
+                .release()
+                .await
+                .expect_err("released behind the guard's back");
+            assert!(matches!(e, Error::NotHeld { .. }), "{e:?}");
+            c.advisory_lock(key).await.unwrap().release().await.unwrap();
+            summary(
+                "hostile input",
+                "diesel-async bare",
+                format_args!("zero/huge/outside-tx/not-held all typed; last=\"{e}\""),
+            );
+        }
 
         // exhausted bb8 pool with a checkout timeout
         let b = bb8::Pool::builder()

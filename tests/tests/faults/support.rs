@@ -9,7 +9,8 @@ use diesel::sql_types::{BigInt, Bool, Int4};
 
 /// One line of figures per scenario and path, written straight to stderr so `cargo test` shows it.
 pub fn summary(scenario: &str, path: &str, figures: std::fmt::Arguments<'_>) {
-    let line = format!("SUMMARY {scenario:<22} {path:<26} {figures}\n");
+    let figures = figures.to_string().replace(['\n', '\t'], " ");
+    let line = format!("SUMMARY {scenario:<22} {path:<26} {}\n", figures.trim());
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
