@@ -17,7 +17,7 @@
 //! let key = Key::name("orders:42");
 //! assert_eq!(key, Key::from("orders:42"));
 //! let text = sql::lock_sql(Scope::Session, Mode::Exclusive, Wait::Block, key.space());
-//! assert_eq!(text, "SELECT true AS locked FROM pg_advisory_lock($1)");
+//! assert_eq!(text, "SELECT pg_advisory_lock($1) IS NOT NULL AS locked");
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -50,8 +50,8 @@ fn main() {
         }
     } else {
         Opts {
-            reps: 5,
-            iters: 2000,
+            reps: 15,
+            iters: 500,
             handoffs: 60,
             poll_handoffs: 15,
             tasks: 16,

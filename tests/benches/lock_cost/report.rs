@@ -50,8 +50,13 @@ fn spread(v: &[f64]) -> (f64, f64) {
 impl Figure {
     pub fn ratio(&self) -> Option<f64> {
         let (_, b) = self.baseline.as_ref()?;
-        let (ours, base) = (median(&self.values), median(b));
-        Some(ours / base)
+        if b.len() == self.values.len() && b.len() > 1 {
+            // paired: each repetition ran ours and its baseline back to back, so the median of the
+            // per-repetition ratios cancels most of the machine's drift between repetitions
+            let r: Vec<f64> = self.values.iter().zip(b).map(|(o, b)| o / b).collect();
+            return Some(median(&r));
+        }
+        Some(median(&self.values) / median(b))
     }
 }
 
