@@ -77,7 +77,7 @@ pub fn table(header: &str, figs: &[Figure]) -> String {
     writeln!(out, "{header}").unwrap();
     writeln!(
         out,
-        "ratio = ours / baseline (throughput: higher is better; latency: lower is better)"
+        "ratio = ours / baseline, the median of the per-repetition ratios (throughput: higher is better; latency: lower is better)"
     )
     .unwrap();
     let mut section = "";
