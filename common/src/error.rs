@@ -75,3 +75,25 @@ pub fn classify_sqlstate(code: &str) -> Option<ErrorKind> {
         _ => None,
     }
 }
+
+/// The SQLSTATE for one of PostgreSQL's primary error messages that matter to locks, for drivers
+/// that report the message but not the code (diesel, for libpq and tokio-postgres alike). The
+/// server writes these messages in English unless its `lc_messages` selects a translation; a
+/// translated message is not recognised (`None`).
+///
+/// ```
+/// use advisory_common::{classify_sqlstate, sqlstate_from_message, ErrorKind};
+/// let code = sqlstate_from_message("canceling statement due to lock timeout");
+/// assert_eq!(code.and_then(classify_sqlstate), Some(ErrorKind::Timeout));
+/// assert_eq!(sqlstate_from_message("duplicate key value violates unique constraint"), None);
+/// ```
+pub fn sqlstate_from_message(message: &str) -> Option<&'static str> {
+    match message {
+        "canceling statement due to lock timeout" => Some("55P03"),
+        "deadlock detected" => Some("40P01"),
+        "out of shared memory" => Some("53200"),
+        "terminating connection due to administrator command" => Some("57P01"),
+        "terminating connection due to idle-session timeout" => Some("57P05"),
+        _ => None,
+    }
+}

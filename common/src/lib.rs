@@ -29,7 +29,7 @@ mod key;
 pub mod sql;
 mod timeout;
 
-pub use error::{ErrorKind, classify_sqlstate};
+pub use error::{ErrorKind, classify_sqlstate, sqlstate_from_message};
 pub use info::{LockInfo, LockMode};
 pub use key::{Key, KeySpace};
 pub use timeout::{TimeoutOutOfRange, timeout_millis};

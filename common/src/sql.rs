@@ -195,9 +195,6 @@ pub fn unlock_literal(mode: Mode, key: Key) -> String {
 /// Releases every session-level advisory lock of the session. Returns no rows of interest.
 pub const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
 
-/// The name of the savepoint a timed attempt inside a transaction runs in.
-pub const SAVEPOINT: &str = "advisory_lock_attempt";
-
 /// Sent after a [`savepoint_batch`] failed: undoes the attempt (and its `lock_timeout` change) and
 /// leaves the caller's transaction usable, as if the attempt had never been made.
 pub const SAVEPOINT_ROLLBACK: &str =
@@ -280,10 +277,6 @@ pub fn held_sql(mode: Mode, space: KeySpace) -> &'static str {
     }
 }
 
-/// Is the session inside a transaction block? One row, one `boolean` column `in_transaction`.
-/// (Adapters prefer their driver's own bookkeeping, which costs no round trip.)
-pub const IN_TRANSACTION: &str = "SELECT now() <> statement_timestamp() OR pg_catalog.txid_current_if_assigned() IS NOT NULL AS in_transaction";
-
 /// The current `lock_timeout` setting, one row, one `text` column `lock_timeout` (used by tests and
 /// diagnostics).
 pub const SHOW_LOCK_TIMEOUT: &str = "SELECT current_setting('lock_timeout') AS lock_timeout";
@@ -343,13 +336,7 @@ pub fn all_statements() -> Vec<(String, usize)> {
             out.push((held_sql(mode, space).to_owned(), keys));
         }
     }
-    for s in [
-        UNLOCK_ALL,
-        IN_TRANSACTION,
-        SHOW_LOCK_TIMEOUT,
-        BACKEND_PID,
-        LOCKS_SQL,
-    ] {
+    for s in [UNLOCK_ALL, SHOW_LOCK_TIMEOUT, BACKEND_PID, LOCKS_SQL] {
         out.push((s.to_owned(), 0));
     }
     out

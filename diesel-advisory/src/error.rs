@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use advisory_common::{ErrorKind, Key, TimeoutOutOfRange, classify_sqlstate};
+use advisory_common::{
+    ErrorKind, Key, TimeoutOutOfRange, classify_sqlstate, sqlstate_from_message,
+};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// A pool checkout failure (`r2d2::Error`, bb8's `RunError`, deadpool's `PoolError`), boxed so
@@ -105,14 +107,7 @@ fn sqlstate(err: &DieselError) -> Option<&'static str> {
             DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
             _,
         ) => Some("08006"),
-        DieselError::DatabaseError(_, info) => match info.message() {
-            "canceling statement due to lock timeout" => Some("55P03"),
-            "deadlock detected" => Some("40P01"),
-            "out of shared memory" => Some("53200"),
-            "terminating connection due to administrator command" => Some("57P01"),
-            "terminating connection due to idle-session timeout" => Some("57P05"),
-            _ => None,
-        },
+        DieselError::DatabaseError(_, info) => sqlstate_from_message(info.message()),
         _ => None,
     }
 }
