@@ -16,6 +16,9 @@ pub enum ErrorKind {
     LockTableFull,
     /// A transaction-level lock was requested outside a transaction.
     NotInTransaction,
+    /// A call that opens a transaction (`begin_with_xact_lock`, `transaction_with_xact_lock`) was
+    /// made on a connection that is already inside one; nothing was sent.
+    AlreadyInTransaction,
     /// `release` was called but the server says the session did not hold the lock.
     NotHeld,
     /// The connection to the server was lost or the session was terminated (SQLSTATE class `08`,
@@ -36,6 +39,9 @@ impl ErrorKind {
             }
             ErrorKind::NotInTransaction => {
                 "transaction-level advisory lock requested outside a transaction (it would be released immediately); call it inside a transaction"
+            }
+            ErrorKind::AlreadyInTransaction => {
+                "the connection is already in a transaction, so a new one holding the lock cannot be opened on it; use xact_lock inside the open transaction instead"
             }
             ErrorKind::NotHeld => {
                 "the server says this session did not hold the advisory lock being released"

@@ -13,8 +13,9 @@
 //! returns one `boolean`, `unlocked`.
 //!
 //! The only statements that are not prepared are the [`savepoint_batch`] texts used for a timed
-//! attempt inside an open transaction. They are one simple-protocol round trip (savepoint, lock,
-//! release) and contain only integers produced by this crate, never caller strings.
+//! attempt inside an open transaction (one simple-protocol round trip: savepoint, lock, release)
+//! and the [`lock_then_begin`] texts that open a transaction already holding a lock (one round
+//! trip instead of two). They contain only integers produced by this crate, never caller strings.
 //!
 //! # Timed acquires
 //!
@@ -195,6 +196,11 @@ pub fn unlock_literal(mode: Mode, key: Key) -> String {
 /// Releases every session-level advisory lock of the session. Returns no rows of interest.
 pub const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
 
+/// Ends the open transaction. Sent by an adapter that must end a transaction it cannot reach
+/// through its driver's own API (diesel-async: queued behind a `transaction_with_xact_lock` whose
+/// future was dropped mid-flight).
+pub const ROLLBACK: &str = "ROLLBACK";
+
 /// Sent after a [`savepoint_batch`] failed: undoes the attempt (and its `lock_timeout` change) and
 /// leaves the caller's transaction usable, as if the attempt had never been made.
 pub const SAVEPOINT_ROLLBACK: &str =
@@ -217,24 +223,75 @@ pub const SAVEPOINT_ROLLBACK: &str =
 /// assert!(batch.ends_with("; RELEASE SAVEPOINT advisory_lock_attempt"));
 /// ```
 pub fn savepoint_batch(scope: Scope, mode: Mode, key: Key, timeout_ms: i32) -> String {
-    let f = function_name(scope, mode, Wait::Block);
     let mut s = String::with_capacity(360);
     s.push_str("SAVEPOINT advisory_lock_attempt; ");
-    s.push_str(
-        "SELECT set_config('lock_timeout', s.old, true) IS NOT NULL AS locked FROM (SELECT s.old, ",
-    );
+    push_lock_literal(&mut s, scope, mode, key, Some(timeout_ms));
+    s.push_str("; RELEASE SAVEPOINT advisory_lock_attempt");
+    s
+}
+
+/// Append the lock statement with the key (and the milliseconds) as integer literals: the plain
+/// `SELECT <function>(<key>)` or the timed form of the module docs.
+fn push_lock_literal(s: &mut String, scope: Scope, mode: Mode, key: Key, timeout_ms: Option<i32>) {
+    let f = function_name(scope, mode, Wait::Block);
+    if timeout_ms.is_some() {
+        s.push_str(
+            "SELECT set_config('lock_timeout', s.old, true) IS NOT NULL AS locked FROM (SELECT s.old, ",
+        );
+    } else {
+        s.push_str("SELECT ");
+    }
     match key {
         Key::BigInt(k) => write!(s, "{f}({k})"),
         Key::Pair(k1, k2) => write!(s, "{f}({k1}, {k2})"),
     }
     .expect("writing to a String cannot fail");
-    write!(
-        s,
-        " AS l FROM (SELECT s.old, set_config('lock_timeout', '{timeout_ms}', true) AS n FROM \
-         (SELECT current_setting('lock_timeout') AS old OFFSET 0) s OFFSET 0) s OFFSET 0) s; \
-         RELEASE SAVEPOINT advisory_lock_attempt"
-    )
-    .expect("writing to a String cannot fail");
+    if let Some(ms) = timeout_ms {
+        write!(
+            s,
+            " AS l FROM (SELECT s.old, set_config('lock_timeout', '{ms}', true) AS n FROM \
+             (SELECT current_setting('lock_timeout') AS old OFFSET 0) s OFFSET 0) s OFFSET 0) s"
+        )
+        .expect("writing to a String cannot fail");
+    }
+}
+
+/// Open a transaction that already holds a transaction-level lock on `key`, in **one
+/// simple-protocol round trip**: the adapters' `begin_with_xact_lock` (sqlx) and
+/// `transaction_with_xact_lock` (diesel) send this text as their "BEGIN" statement.
+///
+/// The lock comes **before** `BEGIN`: `SELECT pg_advisory_xact_lock(42); BEGIN`. A multi-statement
+/// simple query runs as one implicit transaction block, and a `BEGIN` inside it turns that block
+/// into a regular transaction that *retroactively includes* the statements before it
+/// (PostgreSQL docs, "Multiple Statements in a Simple Query"), so on success the lock belongs to
+/// the transaction the caller commits or rolls back. If the lock fails (timeout, deadlock, lock
+/// table full), PostgreSQL skips the rest and rolls the implicit block back: the session is left
+/// idle, outside any transaction, holding nothing, and its `lock_timeout` unchanged. With
+/// `BEGIN` first, the same failure would leave an aborted transaction behind that the caller
+/// (or a pool) would have to roll back.
+///
+/// With `timeout_ms` the lock is the timed statement of the module docs (`lock_timeout` set for
+/// that statement only). Only integers are spliced (the key and the millisecond count).
+///
+/// ```
+/// use advisory_common::{Key, sql::{lock_then_begin, Mode}};
+/// assert_eq!(
+///     lock_then_begin(Mode::Exclusive, Key::BigInt(-5), None),
+///     "SELECT pg_advisory_xact_lock(-5); BEGIN"
+/// );
+/// assert_eq!(
+///     lock_then_begin(Mode::Shared, Key::Pair(1, 2), None),
+///     "SELECT pg_advisory_xact_lock_shared(1, 2); BEGIN"
+/// );
+/// let timed = lock_then_begin(Mode::Exclusive, Key::BigInt(7), Some(250));
+/// assert!(timed.contains("pg_advisory_xact_lock(7)"));
+/// assert!(timed.contains("set_config('lock_timeout', '250', true)"));
+/// assert!(timed.ends_with(" OFFSET 0) s; BEGIN"));
+/// ```
+pub fn lock_then_begin(mode: Mode, key: Key, timeout_ms: Option<i32>) -> String {
+    let mut s = String::with_capacity(if timeout_ms.is_some() { 320 } else { 64 });
+    push_lock_literal(&mut s, Scope::Transaction, mode, key, timeout_ms);
+    s.push_str("; BEGIN");
     s
 }
 
@@ -412,6 +469,38 @@ mod tests {
                     function_name(scope, mode, Wait::Block)
                 )));
                 assert_eq!(b.matches('(').count(), b.matches(')').count());
+            }
+        }
+    }
+
+    /// The literal texts are the prepared statements with the integers written in: same
+    /// functions, same timeout fences.
+    #[test]
+    fn literals_match_the_prepared_statements() {
+        for mode in MODES {
+            let timed = lock_sql(Scope::Transaction, mode, Wait::Timeout, KeySpace::BigInt)
+                .replace("$1", "-9")
+                .replace("($2::int4)::text", "'250'");
+            assert_eq!(
+                lock_then_begin(mode, Key::BigInt(-9), Some(250)),
+                format!("{timed}; BEGIN")
+            );
+            let f = function_name(Scope::Transaction, mode, Wait::Block);
+            assert_eq!(
+                lock_then_begin(mode, Key::Pair(-1, 2), None),
+                format!("SELECT {f}(-1, 2); BEGIN")
+            );
+            for scope in SCOPES {
+                let timed = lock_sql(scope, mode, Wait::Timeout, KeySpace::Pair)
+                    .replace("$1", "3")
+                    .replace("$2", "4")
+                    .replace("($3::int4)::text", "'7'");
+                assert_eq!(
+                    savepoint_batch(scope, mode, Key::Pair(3, 4), 7),
+                    format!(
+                        "SAVEPOINT advisory_lock_attempt; {timed}; RELEASE SAVEPOINT advisory_lock_attempt"
+                    )
+                );
             }
         }
     }

@@ -18,6 +18,9 @@ use crate::request::{How, Request};
 /// checks diesel-async's own transaction depth first and returns [`Error::NotInTransaction`]
 /// without sending anything when no transaction is open.
 ///
+/// To open a transaction that holds a lock from its start, in one round trip instead of two, use
+/// [`transaction_with_xact_lock`](crate::AsyncBeginXactLockExt::transaction_with_xact_lock).
+///
 /// ```
 /// use diesel_async::{AsyncConnection, AsyncPgConnection};
 /// use diesel_advisory::prelude::*;

@@ -51,6 +51,14 @@ pub enum Error {
         /// The key that was requested.
         key: Key,
     },
+    /// A call that opens a transaction (`transaction_with_xact_lock` and friends) was made while
+    /// diesel already had a transaction open on the connection; nothing was sent to the server
+    /// (use `xact_lock` inside the open transaction instead).
+    #[error("{}: {key}", ErrorKind::AlreadyInTransaction.describe())]
+    AlreadyInTransaction {
+        /// The key that was requested.
+        key: Key,
+    },
     /// `release` was called but the server says this session did not hold the lock.
     #[error("{}: {key}", ErrorKind::NotHeld.describe())]
     NotHeld {
@@ -83,6 +91,7 @@ impl Error {
             Error::Deadlock { .. } => Some(ErrorKind::Deadlock),
             Error::LockTableFull { .. } => Some(ErrorKind::LockTableFull),
             Error::NotInTransaction { .. } => Some(ErrorKind::NotInTransaction),
+            Error::AlreadyInTransaction { .. } => Some(ErrorKind::AlreadyInTransaction),
             Error::NotHeld { .. } => Some(ErrorKind::NotHeld),
             Error::ConnectionLost { .. } => Some(ErrorKind::ConnectionLost),
             Error::InvalidTimeout(_) | Error::Pool(_) | Error::Database(_) => None,
@@ -147,8 +156,8 @@ impl From<DieselError> for Error {
 ///
 /// A variant that carries the server's error (`Deadlock`, `LockTableFull`, `ConnectionLost`,
 /// `Database`) gives that original diesel error back, so diesel's transaction handling sees
-/// exactly what the server said. The others (`Timeout`, `NotInTransaction`, `NotHeld`,
-/// `InvalidTimeout`, `Pool`) are boxed whole in
+/// exactly what the server said. The others (`Timeout`, `NotInTransaction`,
+/// `AlreadyInTransaction`, `NotHeld`, `InvalidTimeout`, `Pool`) are boxed whole in
 /// [`diesel::result::Error::QueryBuilderError`] and can be recovered with `downcast_ref::<Error>()`
 /// or by converting back with `Error::from`.
 ///
@@ -159,6 +168,11 @@ impl From<DieselError> for Error {
 /// let ours = Error::NotInTransaction { key: Key::BigInt(1) };
 /// let theirs = diesel::result::Error::from(ours);
 /// assert!(matches!(Error::from(theirs), Error::NotInTransaction { key: Key::BigInt(1) }));
+///
+/// let ours = Error::AlreadyInTransaction { key: Key::Pair(1, 2) };
+/// let theirs = diesel::result::Error::from(ours);
+/// assert!(matches!(theirs, diesel::result::Error::QueryBuilderError(_)));
+/// assert!(matches!(Error::from(theirs), Error::AlreadyInTransaction { key: Key::Pair(1, 2) }));
 /// ```
 impl From<Error> for DieselError {
     fn from(err: Error) -> DieselError {

@@ -32,6 +32,7 @@
 //! | shared, wait | `advisory_lock_shared(key)` | `xact_lock_shared(key)` |
 //! | never wait | `try_advisory_lock[_shared](key)` → `Option<guard>` | `try_xact_lock[_shared](key)` → `bool` |
 //! | wait at most | `advisory_lock[_shared]_timeout(key, d)` | `xact_lock[_shared]_timeout(key, d)` |
+//! | BEGIN + lock, one round trip | | `transaction_with_xact_lock[_shared][_timeout](key[, d], f)` ([`BeginXactLockExt`], [`AsyncBeginXactLockExt`]) |
 //!
 //! Keys are anything `Into<`[`Key`]`>`: `42_i64`, `(1, 2)`, or a string (hashed with
 //! [`Key::name`]).
@@ -40,9 +41,9 @@
 //!
 //! | feature | default | brings in |
 //! |---|---|---|
-//! | `sync` | yes | [`LockExt`] / [`XactLockExt`] for diesel's `PgConnection` (links **libpq**) |
+//! | `sync` | yes | [`LockExt`] / [`XactLockExt`] / [`BeginXactLockExt`] for diesel's `PgConnection` (links **libpq**) |
 //! | `r2d2` | | [`R2d2LockGuard`] (implies `sync`) |
-//! | `async` | | [`AsyncLockExt`] / [`AsyncXactLockExt`] for `AsyncPgConnection` (tokio-postgres) |
+//! | `async` | | [`AsyncLockExt`] / [`AsyncXactLockExt`] / [`AsyncBeginXactLockExt`] for `AsyncPgConnection` (tokio-postgres) |
 //! | `bb8` | | `Bb8LockGuard` (implies `async`) |
 //! | `deadpool` | | `DeadpoolLockGuard` (implies `async`) |
 //!
@@ -58,7 +59,8 @@
 //! parameters. The lock, unlock and `pg_locks` statements are run through a diesel query type that
 //! diesel's statement cache (shared by diesel and diesel-async) caches by SQL text, so each is
 //! parsed once per connection. Timed attempts inside a transaction use one simple-protocol
-//! savepoint batch so a timeout does not abort your transaction.
+//! savepoint batch so a timeout does not abort your transaction, and `transaction_with_xact_lock`
+//! opens its transaction with one simple-protocol "lock; `BEGIN`" batch.
 //!
 //! # Errors
 //!
@@ -81,6 +83,8 @@ mod conn;
 mod guard;
 #[cfg(feature = "sync")]
 mod xact;
+#[cfg(feature = "sync")]
+mod xact_begin;
 
 #[cfg(feature = "async")]
 mod async_conn;
@@ -88,6 +92,8 @@ mod async_conn;
 mod async_guard;
 #[cfg(feature = "async")]
 mod async_xact;
+#[cfg(feature = "async")]
+mod async_xact_begin;
 
 #[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
 mod pool;
@@ -101,6 +107,8 @@ pub use conn::LockExt;
 pub use guard::LockGuard;
 #[cfg(feature = "sync")]
 pub use xact::XactLockExt;
+#[cfg(feature = "sync")]
+pub use xact_begin::BeginXactLockExt;
 
 #[cfg(feature = "async")]
 pub use async_conn::AsyncLockExt;
@@ -108,6 +116,8 @@ pub use async_conn::AsyncLockExt;
 pub use async_guard::AsyncLockGuard;
 #[cfg(feature = "async")]
 pub use async_xact::AsyncXactLockExt;
+#[cfg(feature = "async")]
+pub use async_xact_begin::AsyncBeginXactLockExt;
 
 #[cfg(feature = "bb8")]
 pub use pool::bb8::Bb8LockGuard;
@@ -119,7 +129,7 @@ pub use pool::r2d2::R2d2LockGuard;
 /// `use diesel_advisory::prelude::*;` brings every extension trait into scope.
 pub mod prelude {
     #[cfg(feature = "async")]
-    pub use crate::{AsyncLockExt, AsyncXactLockExt};
+    pub use crate::{AsyncBeginXactLockExt, AsyncLockExt, AsyncXactLockExt};
     #[cfg(feature = "sync")]
-    pub use crate::{LockExt, XactLockExt};
+    pub use crate::{BeginXactLockExt, LockExt, XactLockExt};
 }

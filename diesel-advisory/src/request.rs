@@ -63,8 +63,27 @@ impl Request {
         sql::savepoint_batch(scope, self.mode, self.key, ms)
     }
 
+    /// The one-round-trip "lock, then `BEGIN`" batch that opens a transaction already holding
+    /// this transaction-level lock ([`sql::lock_then_begin`]); the timeout is validated first.
+    #[cfg(any(feature = "sync", feature = "async"))]
+    pub(crate) fn lock_then_begin(&self) -> Result<String, Error> {
+        Ok(sql::lock_then_begin(self.mode, self.key, self.millis()?))
+    }
+
     pub(crate) fn classify(&self, err: diesel::result::Error) -> Error {
         crate::error::classify(err, self.key, self.timeout())
+    }
+
+    /// A failed `begin_transaction_sql` with the [`lock_then_begin`](Self::lock_then_begin)
+    /// batch: diesel's own "already in a transaction" (nothing sent) or the lock's failure.
+    #[cfg(any(feature = "sync", feature = "async"))]
+    pub(crate) fn classify_begin(&self, err: diesel::result::Error) -> Error {
+        match err {
+            diesel::result::Error::AlreadyInTransaction => {
+                Error::AlreadyInTransaction { key: self.key }
+            }
+            other => self.classify(other),
+        }
     }
 }
 

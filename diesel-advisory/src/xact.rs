@@ -21,6 +21,10 @@ use crate::request::{How, Request};
 /// [`Error::NotInTransaction`] **without sending anything** when no transaction is open (the
 /// server would release the lock the instant it was taken).
 ///
+/// To open a transaction that holds a lock from its start, in one round trip instead of two
+/// (`BEGIN`, then the lock), use
+/// [`transaction_with_xact_lock`](crate::BeginXactLockExt::transaction_with_xact_lock).
+///
 /// `?` works with the closure's error type being either `diesel::result::Error` or this crate's
 /// [`Error`]:
 ///

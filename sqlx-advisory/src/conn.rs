@@ -211,37 +211,32 @@ pub(crate) async fn lock_on(
     timeout: Option<Duration>,
 ) -> Result<bool, Error> {
     let (lock, ms) = exec::lock_statement(Scope::Session, mode, wait, key, timeout)?;
-    // Prepared now (a cache hit after the first use), so that the guard's release() puts nothing
-    // but the unlock itself on the wire.
-    let unlock = sql::unlock_sql(mode, key.space());
-    exec::prepare(conn, unlock)
-        .await
-        .map_err(|e| classify(e, key, timeout))?;
+    // Armed from here: the request may be on the wire once the statement is first polled (on a
+    // connection's first use, sqlx prepares it first; a cancellation then is treated the same).
+    *armed = true;
     let res = if let (Some(timeout), Some(ms), true) = (timeout, ms, conn.is_in_transaction()) {
-        *armed = true;
         exec::savepoint_attempt(conn, Scope::Session, mode, key, timeout, ms)
             .await
             .map(|()| true)
     } else {
-        exec::prepare(conn, lock)
-            .await
-            .map_err(|e| classify(e, key, timeout))?;
-        *armed = true;
         exec::fetch_bool(conn, lock, key, ms)
             .await
             .map_err(|e| classify(e, key, timeout))
     };
     match res {
-        Ok(locked) => {
-            if !locked {
-                *armed = false;
-            }
-            Ok(locked)
+        Ok(true) => {
+            prepare_unlock(conn, mode, key).await;
+            Ok(true)
+        }
+        Ok(false) => {
+            *armed = false;
+            Ok(false)
         }
         // Still armed while the check runs: until it answers, the session may hold the lock.
         // If the check fails, it stays armed and its error is returned.
         Err(e @ Error::Timeout { .. }) => {
             if granted_at_timeout(conn, key, mode).await? {
+                prepare_unlock(conn, mode, key).await;
                 return Ok(true);
             }
             *armed = false;
@@ -253,6 +248,17 @@ pub(crate) async fn lock_on(
             }
             Err(e)
         }
+    }
+}
+
+/// Once granted, make sure the unlock statement is in the connection's statement cache, so that the
+/// guard's `release()` puts nothing but the unlock on the wire (a cache hit after the first use on a
+/// connection: no round trip, no await). A refused try never gets here, so it costs one statement
+/// lookup, like the raw SQL. If preparing fails the guard is still returned: the lock is held, and
+/// `release()` (or the guard's drop) deals with the connection.
+async fn prepare_unlock(conn: &mut PgConnection, mode: Mode, key: Key) {
+    if let Err(error) = exec::prepare(conn, sql::unlock_sql(mode, key.space())).await {
+        tracing::debug!(%key, %error, "preparing the unlock statement failed; release() retries");
     }
 }
 

@@ -62,6 +62,13 @@ pub enum Error {
         /// The lock that was requested.
         key: Key,
     },
+    /// A call that opens a transaction (`begin_with_xact_lock` and friends) was made on a
+    /// connection that is already inside one. Nothing was sent to the server.
+    #[error("{}: {key}", ErrorKind::AlreadyInTransaction.describe())]
+    AlreadyInTransaction {
+        /// The lock that was requested.
+        key: Key,
+    },
     /// `release()` was called, but the server says this session did not hold the lock.
     #[error("{}: {key}", ErrorKind::NotHeld.describe())]
     NotHeld {
@@ -96,6 +103,7 @@ impl Error {
             Error::Deadlock { .. } => Some(ErrorKind::Deadlock),
             Error::LockTableFull { .. } => Some(ErrorKind::LockTableFull),
             Error::NotInTransaction { .. } => Some(ErrorKind::NotInTransaction),
+            Error::AlreadyInTransaction { .. } => Some(ErrorKind::AlreadyInTransaction),
             Error::NotHeld { .. } => Some(ErrorKind::NotHeld),
             Error::ConnectionLost { .. } => Some(ErrorKind::ConnectionLost),
             Error::Database(e) => sqlstate(e).and_then(|c| classify_sqlstate(&c)),
@@ -161,9 +169,10 @@ impl From<sqlx::Error> for Error {
 ///
 /// * Variants that wrap a `sqlx::Error` (`Deadlock`, `LockTableFull`, `ConnectionLost`, `Pool`,
 ///   `Database`) give back **that** error, so its SQLSTATE is not lost.
-/// * The others (`Timeout`, `NotInTransaction`, `NotHeld`, `InvalidTimeout`) become
-///   `sqlx::Error::Database` carrying this error, with the SQLSTATE PostgreSQL uses for the same
-///   condition: `55P03` (lock_not_available), `25P01` (no_active_sql_transaction), none, `22023`
+/// * The others (`Timeout`, `NotInTransaction`, `AlreadyInTransaction`, `NotHeld`,
+///   `InvalidTimeout`) become `sqlx::Error::Database` carrying this error, with the SQLSTATE
+///   PostgreSQL uses for the same condition: `55P03` (lock_not_available), `25P01`
+///   (no_active_sql_transaction), `25001` (active_sql_transaction), none, `22023`
 ///   (invalid_parameter_value). `Error::from(that)` gives the original back, and it is also the
 ///   `source()` of the database error.
 impl From<Error> for sqlx::Error {
@@ -210,6 +219,7 @@ impl DatabaseError for Carried {
         match self.0 {
             Error::Timeout { .. } => Some(Cow::Borrowed("55P03")),
             Error::NotInTransaction { .. } => Some(Cow::Borrowed("25P01")),
+            Error::AlreadyInTransaction { .. } => Some(Cow::Borrowed("25001")),
             Error::InvalidTimeout(_) => Some(Cow::Borrowed("22023")),
             _ => None,
         }

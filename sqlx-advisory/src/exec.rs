@@ -29,10 +29,10 @@ fn bind(sql: &'static str, key: Key, ms: Option<i32>) -> Query<'static, Postgres
 }
 
 /// Make sure `sql` is in the connection's statement cache. After the first use on a connection
-/// this costs nothing (sqlx's `get_or_prepare` returns the cached statement without a round trip),
-/// and it means that once [`fetch_bool`] is polled, the next thing the server receives is the
-/// statement itself: the acquire paths use that to know exactly when a lock request "may have
-/// been sent" (cancel safety).
+/// this costs one cache lookup and no round trip (sqlx's `get_or_prepare` returns the cached
+/// statement), and it means that once [`fetch_bool`] is polled, the next thing the server
+/// receives is the statement itself: `release()` uses that to know exactly when the unlock "may
+/// have been sent" (cancel safety).
 pub(crate) async fn prepare(conn: &mut PgConnection, sql: &'static str) -> Result<(), sqlx::Error> {
     conn.prepare(sql.into_sql_str()).await.map(drop)
 }
@@ -241,7 +241,7 @@ pub(crate) struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.armed {
-            tracing::warn!(key = %self.key, "advisory lock acquire cancelled after the request was sent on a borrowed connection: the server completes it, and if it is granted the lock stays with that session (no guard exists to release it) until unlocked or the connection is closed; use the PgPool methods for cancel-safe acquires");
+            tracing::warn!(key = %self.key, "advisory lock acquire cancelled after the request may have been sent on a borrowed connection: the server completes it, and if it is granted the lock stays with that session (no guard exists to release it) until unlocked or the connection is closed; use the PgPool methods for cancel-safe acquires");
         }
     }
 }

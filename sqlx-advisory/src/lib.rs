@@ -33,6 +33,7 @@
 //! | shared, wait | `advisory_lock_shared(key)` | `xact_lock_shared(key)` |
 //! | never wait | `try_advisory_lock[_shared](key)` → `Option<guard>` | `try_xact_lock[_shared](key)` → `bool` |
 //! | wait at most | `advisory_lock[_shared]_timeout(key, d)` | `xact_lock[_shared]_timeout(key, d)` |
+//! | BEGIN + lock, one round trip | | `begin_with_xact_lock[_shared][_timeout](key[, d])` ([`BeginXactLockExt`]) → `Transaction` |
 //!
 //! Keys: `42_i64`, `(1, 2)` or a string (hashed with [`Key::name`]); see [`Key`].
 //!
@@ -54,6 +55,7 @@
 mod error;
 mod exec;
 
+mod begin;
 mod conn;
 mod guard;
 mod xact;
@@ -63,6 +65,7 @@ mod pool;
 pub use advisory_common::{Key, LockInfo, LockMode};
 pub use error::Error;
 
+pub use begin::BeginXactLockExt;
 pub use conn::LockExt;
 pub use guard::LockGuard;
 pub use xact::XactLockExt;
@@ -71,5 +74,5 @@ pub use pool::PoolLockGuard;
 
 /// `use sqlx_advisory::prelude::*;` brings every extension trait into scope.
 pub mod prelude {
-    pub use crate::{LockExt, XactLockExt};
+    pub use crate::{BeginXactLockExt, LockExt, XactLockExt};
 }

@@ -6,6 +6,9 @@
 //!   timeouts, xact locks, statement caching.
 //! * `pools`: r2d2 / bb8 / deadpool guards, drop without release, no runtime, cancellation loops,
 //!   a lock held across a workflow, mutual exclusion between adapters.
+//! * `begin`, `begin_async`, `begin_faults`: `transaction_with_xact_lock` (lock + `BEGIN` in one batch), sync and
+//!   async: held from the start, exclusion, timeouts leaving no transaction behind,
+//!   `AlreadyInTransaction`, `?`, and cancellation on bare and pooled connections.
 
 use std::time::Duration;
 
@@ -18,6 +21,12 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 #[path = "diesel_adapter/async_api.rs"]
 mod async_api;
+#[path = "diesel_adapter/begin.rs"]
+mod begin;
+#[path = "diesel_adapter/begin_async.rs"]
+mod begin_async;
+#[path = "diesel_adapter/begin_faults.rs"]
+mod begin_faults;
 #[path = "diesel_adapter/pools.rs"]
 mod pools;
 #[path = "diesel_adapter/sync_api.rs"]

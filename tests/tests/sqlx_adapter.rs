@@ -2,6 +2,8 @@
 //! on an independent observer session), waits on observable conditions with deadlines, and uses
 //! its own random keys, so the tests run in parallel.
 
+#[path = "sqlx_adapter/begin.rs"]
+mod begin;
 #[path = "sqlx_adapter/cancel.rs"]
 mod cancel;
 #[path = "sqlx_adapter/drop.rs"]

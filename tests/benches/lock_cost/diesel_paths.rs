@@ -12,7 +12,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::report::Figure;
-use crate::{Opts, ops, ops_fig};
+use crate::{Opts, ops, ops_fig, order};
 
 #[derive(diesel::sql_types::SqlType, diesel::query_builder::QueryId)]
 #[diesel(postgres_type(name = "void"))]
@@ -78,42 +78,56 @@ pub fn run_sync(url: &str, o: Opts) -> Vec<Figure> {
         pool.advisory_lock(key).unwrap().release().unwrap();
         floor_sync(&mut pool.get().unwrap(), key, 1);
     }
-    let (mut ours, mut floor, mut ours_p, mut floor_p, mut ours_x, mut floor_x) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for _ in 0..o.reps {
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            c.advisory_lock(key).unwrap().release().unwrap();
+    // per group [ours, floor]: one push each per repetition, so index i = repetition i
+    let (mut cv, mut pv) = ([vec![], vec![]], [vec![], vec![]]);
+    // [transaction + xact_lock, raw, transaction_with_xact_lock]
+    let mut xv: [Vec<f64>; 3] = Default::default();
+    for rep in 0..o.reps {
+        for v in order(rep, 2) {
+            let t = Instant::now();
+            if v == 0 {
+                for _ in 0..o.iters {
+                    c.advisory_lock(key).unwrap().release().unwrap();
+                }
+            } else {
+                floor_sync(&mut c, key, o.iters);
+            }
+            cv[v].push(ops(o.iters, t.elapsed()));
         }
-        ours.push(ops(o.iters, t.elapsed()));
-        floor.push(ops(o.iters, floor_sync(&mut c, key, o.iters)));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            pool.advisory_lock(key).unwrap().release().unwrap();
+        for v in order(rep, 2) {
+            let t = Instant::now();
+            for _ in 0..o.iters {
+                if v == 0 {
+                    pool.advisory_lock(key).unwrap().release().unwrap();
+                } else {
+                    floor_sync(&mut pool.get().unwrap(), key, 1);
+                }
+            }
+            pv[v].push(ops(o.iters, t.elapsed()));
         }
-        ours_p.push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            floor_sync(&mut pool.get().unwrap(), key, 1);
+        for v in order(rep, 3) {
+            let t = Instant::now();
+            for _ in 0..o.iters {
+                match v {
+                    0 => c
+                        .transaction::<_, diesel_advisory::Error, _>(|c| c.xact_lock(key))
+                        .unwrap(),
+                    1 => c
+                        .transaction::<_, diesel::result::Error, _>(|c| {
+                            diesel::select(pg_advisory_xact_lock(k(key)))
+                                .execute(c)
+                                .map(|_| ())
+                        })
+                        .unwrap(),
+                    _ => c
+                        .transaction_with_xact_lock::<_, diesel_advisory::Error, _>(key, |_| Ok(()))
+                        .unwrap(),
+                }
+            }
+            xv[v].push(ops(o.iters, t.elapsed()));
         }
-        floor_p.push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            c.transaction::<_, diesel_advisory::Error, _>(|c| c.xact_lock(key))
-                .unwrap();
-        }
-        ours_x.push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            c.transaction::<_, diesel::result::Error, _>(|c| {
-                diesel::select(pg_advisory_xact_lock(k(key)))
-                    .execute(c)
-                    .map(|_| ())
-            })
-            .unwrap();
-        }
-        floor_x.push(ops(o.iters, t.elapsed()));
     }
+    let ([ours, floor], [ours_p, floor_p], [ours_x, floor_x, fast_x]) = (cv, pv, xv);
     let mut figs = vec![
         ops_fig(
             "uncontended",
@@ -134,6 +148,13 @@ pub fn run_sync(url: &str, o: Opts) -> Vec<Figure> {
             "diesel sync transaction+xact_lock",
             ours_x,
             "raw transaction+lock",
+            floor_x.clone(),
+        ),
+        ops_fig(
+            "transaction scope",
+            "diesel sync transaction_with_xact_lock",
+            fast_x,
+            "raw transaction+lock",
             floor_x,
         ),
     ];
@@ -142,23 +163,24 @@ pub fn run_sync(url: &str, o: Opts) -> Vec<Figure> {
     diesel::select(pg_advisory_lock(k(key)))
         .execute(&mut holder)
         .unwrap();
-    let (mut ours_t, mut floor_t) = (vec![], vec![]);
-    for _ in 0..o.reps {
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            assert!(c.try_advisory_lock(key).unwrap().is_none());
+    let mut tv: [Vec<f64>; 2] = Default::default();
+    for rep in 0..o.reps {
+        for v in order(rep, 2) {
+            let t = Instant::now();
+            for _ in 0..o.iters {
+                let got = if v == 0 {
+                    c.try_advisory_lock(key).unwrap().is_some()
+                } else {
+                    diesel::select(pg_try_advisory_lock(k(key)))
+                        .get_result::<bool>(&mut c)
+                        .unwrap()
+                };
+                assert!(!got);
+            }
+            tv[v].push(ops(o.iters, t.elapsed()));
         }
-        ours_t.push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            assert!(
-                !diesel::select(pg_try_advisory_lock(k(key)))
-                    .get_result::<bool>(&mut c)
-                    .unwrap()
-            );
-        }
-        floor_t.push(ops(o.iters, t.elapsed()));
     }
+    let [ours_t, floor_t] = tv;
     diesel::select(pg_advisory_unlock(k(key)))
         .get_result::<bool>(&mut holder)
         .unwrap();
@@ -204,44 +226,78 @@ pub async fn run_async(url: &str, o: Opts) -> Vec<Figure> {
             .unwrap();
         floor_async(&mut dp.get().await.unwrap(), key, 1).await;
     }
+    // [bare ours, bare floor, bb8 ours, bb8 floor, deadpool ours, deadpool floor]; each pair is
+    // rotated on its own, and index i of every vector is repetition i
     let mut v: [Vec<f64>; 6] = Default::default();
-    for _ in 0..o.reps {
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            c.advisory_lock(key).await.unwrap().release().await.unwrap();
+    // [transaction + xact_lock, raw, transaction_with_xact_lock] on the bare connection
+    let mut xv: [Vec<f64>; 3] = Default::default();
+    for rep in 0..o.reps {
+        for i in order(rep, 3) {
+            let t = Instant::now();
+            for _ in 0..o.iters {
+                match i {
+                    0 => c
+                        .transaction::<_, diesel_advisory::Error, _>(async |c| {
+                            c.xact_lock(key).await
+                        })
+                        .await
+                        .unwrap(),
+                    1 => c
+                        .transaction::<_, diesel::result::Error, _>(async |c| {
+                            use diesel_async::RunQueryDsl;
+                            diesel::select(pg_advisory_xact_lock(k(key)))
+                                .execute(c)
+                                .await
+                                .map(|_| ())
+                        })
+                        .await
+                        .unwrap(),
+                    _ => c
+                        .transaction_with_xact_lock::<_, diesel_advisory::Error, _>(
+                            key,
+                            async |_| Ok(()),
+                        )
+                        .await
+                        .unwrap(),
+                }
+            }
+            xv[i].push(ops(o.iters, t.elapsed()));
         }
-        v[0].push(ops(o.iters, t.elapsed()));
-        v[1].push(ops(o.iters, floor_async(&mut c, key, o.iters).await));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            bb8.advisory_lock(key)
-                .await
-                .unwrap()
-                .release()
-                .await
-                .unwrap();
+        for i in order(rep, 2) {
+            let t = Instant::now();
+            if i == 0 {
+                for _ in 0..o.iters {
+                    c.advisory_lock(key).await.unwrap().release().await.unwrap();
+                }
+            } else {
+                floor_async(&mut c, key, o.iters).await;
+            }
+            v[i].push(ops(o.iters, t.elapsed()));
         }
-        v[2].push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            floor_async(&mut bb8.get().await.unwrap(), key, 1).await;
+        for i in order(rep, 2) {
+            let t = Instant::now();
+            for _ in 0..o.iters {
+                if i == 0 {
+                    let g = bb8.advisory_lock(key).await.unwrap();
+                    g.release().await.unwrap();
+                } else {
+                    floor_async(&mut bb8.get().await.unwrap(), key, 1).await;
+                }
+            }
+            v[2 + i].push(ops(o.iters, t.elapsed()));
         }
-        v[3].push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            dp.advisory_lock(key)
-                .await
-                .unwrap()
-                .release()
-                .await
-                .unwrap();
+        for i in order(rep, 2) {
+            let t = Instant::now();
+            for _ in 0..o.iters {
+                if i == 0 {
+                    let g = dp.advisory_lock(key).await.unwrap();
+                    g.release().await.unwrap();
+                } else {
+                    floor_async(&mut dp.get().await.unwrap(), key, 1).await;
+                }
+            }
+            v[4 + i].push(ops(o.iters, t.elapsed()));
         }
-        v[4].push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            floor_async(&mut dp.get().await.unwrap(), key, 1).await;
-        }
-        v[5].push(ops(o.iters, t.elapsed()));
     }
     let [a, b, c2, d, e, f] = v;
     let mut figs = vec![
@@ -267,6 +323,21 @@ pub async fn run_async(url: &str, o: Opts) -> Vec<Figure> {
             f,
         ),
     ];
+    let [ours_x, floor_x, fast_x] = xv;
+    figs.push(ops_fig(
+        "transaction scope",
+        "diesel-async transaction+xact_lock",
+        ours_x,
+        "raw transaction+lock",
+        floor_x.clone(),
+    ));
+    figs.push(ops_fig(
+        "transaction scope",
+        "diesel-async transaction_with_xact_lock",
+        fast_x,
+        "raw transaction+lock",
+        floor_x,
+    ));
     figs.extend(contention_bb8(url, o).await);
     figs
 }
@@ -298,8 +369,8 @@ async fn contention_bb8(url: &str, o: Opts) -> Vec<Figure> {
         .await
         .unwrap();
     let (mut ours, mut raw) = (vec![], vec![]);
-    for _ in 0..o.reps {
-        for use_ours in [true, false] {
+    for rep in 0..o.reps {
+        for use_ours in order(rep, 2).map(|v| v == 0) {
             let key = advisory_tests::unique_key();
             let id = advisory_tests::unique_name("bench-bb8");
             diesel::sql_query("INSERT INTO advisory_test_counters (id, value) VALUES ($1, 0)")
@@ -390,6 +461,21 @@ pub fn count_round_trips_sync(
         })
         .unwrap()
     });
+    count("diesel sync transaction_with_xact_lock", &mut || {
+        c.transaction_with_xact_lock::<_, diesel_advisory::Error, _>(key, |_| Ok(()))
+            .unwrap()
+    });
+    count(
+        "diesel sync transaction_with_xact_lock_timeout",
+        &mut || {
+            c.transaction_with_xact_lock_timeout::<_, diesel_advisory::Error, _>(
+                key,
+                Duration::from_secs(5),
+                |_| Ok(()),
+            )
+            .unwrap()
+        },
+    );
     out
 }
 
@@ -441,6 +527,18 @@ pub async fn count_round_trips_async(
     count!(
         "  raw on bb8 checkout (floor)",
         floor_async(&mut bb8.get().await.unwrap(), key, 1).await
+    );
+    count!(
+        "diesel-async transaction+xact_lock",
+        c.transaction::<_, diesel_advisory::Error, _>(async |c| c.xact_lock(key).await)
+            .await
+            .unwrap()
+    );
+    count!(
+        "diesel-async transaction_with_xact_lock",
+        c.transaction_with_xact_lock::<_, diesel_advisory::Error, _>(key, async |_| Ok(()))
+            .await
+            .unwrap()
     );
     out
 }

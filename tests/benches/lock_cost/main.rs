@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Uses `DATABASE_URL` or the throwaway PostgreSQL of `advisory_tests::db()`. Each repetition runs
-//! "ours" and its baseline back to back, alternating, so both see the same machine state. Nothing
-//! here asserts a timing; correctness checks (final counter values) do fail the run.
+//! "ours" and its baselines back to back, so all see the same machine state, in an order rotated
+//! every repetition (see [`order`]), so no variant always pays for following another workload.
+//! Nothing here asserts a timing; correctness checks (final counter values) do fail the run.
 
 mod diesel_paths;
 mod proxy;
@@ -91,7 +92,7 @@ fn main() {
     figs.extend(rt.block_on(round_trips(db.url(), opts)));
 
     // section order for the table
-    let order = [
+    let sections = [
         "uncontended",
         "try (held elsewhere)",
         "handoff latency",
@@ -99,7 +100,7 @@ fn main() {
         "transaction scope",
         "round trips",
     ];
-    figs.sort_by_key(|f| order.iter().position(|s| *s == f.section).unwrap_or(99));
+    figs.sort_by_key(|f| sections.iter().position(|s| *s == f.section).unwrap_or(99));
 
     if as_json {
         println!("{}", report::json(&machine, &figs));
@@ -174,6 +175,15 @@ fn userinfo(url: &str) -> String {
         Some((u, _)) => format!("{u}@127.0.0.1"),
         None => "127.0.0.1".into(),
     }
+}
+
+/// The order in which the `n` variants of one comparison run in repetition `rep`: rotated every
+/// repetition, so no variant always runs first (right after another workload, e.g. while sqlx's
+/// background pool-return tasks of the previous group still run) or last. Variant `v` pushes to its
+/// own vector once per repetition, so index `i` of every vector is still repetition `i` and the
+/// paired per-repetition ratios stay valid.
+pub fn order(rep: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + rep) % n)
 }
 
 /// ops/s for `n` operations that took `d`.

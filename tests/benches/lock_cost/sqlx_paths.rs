@@ -11,7 +11,7 @@ use sqlx::{Connection, Row};
 use sqlx_advisory::prelude::*;
 
 use crate::report::{Figure, percentile};
-use crate::{Opts, ops, ops_fig};
+use crate::{Opts, ops, ops_fig, order};
 
 const LOCK: &str = "SELECT pg_advisory_lock($1)";
 const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
@@ -58,71 +58,102 @@ pub async fn run(url: &str, o: Opts) -> Vec<Figure> {
         g.release_now().await.unwrap();
     }
 
-    let (mut ours_p, mut floor_p, mut theirs_p) = (vec![], vec![], vec![]);
-    let (mut ours_c, mut floor_c, mut theirs_c) = (vec![], vec![], vec![]);
-    let (mut ours_x, mut floor_x) = (vec![], vec![]);
-    for _ in 0..o.reps {
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            p.advisory_lock(key).await.unwrap().release().await.unwrap();
+    // per group [ours, floor, theirs]: one push each per repetition, so index i = repetition i
+    let (mut pv, mut cv): ([Vec<f64>; 3], [Vec<f64>; 3]) = Default::default();
+    let mut xv: [Vec<f64>; 5] = Default::default();
+    for rep in 0..o.reps {
+        for v in order(rep, 3) {
+            let t = Instant::now();
+            match v {
+                0 => {
+                    for _ in 0..o.iters {
+                        p.advisory_lock(key).await.unwrap().release().await.unwrap();
+                    }
+                }
+                1 => {
+                    pool_floor(&p, key, o.iters).await;
+                }
+                _ => {
+                    for _ in 0..o.iters {
+                        let g = theirs.acquire(p.acquire().await.unwrap()).await.unwrap();
+                        g.release_now().await.unwrap();
+                    }
+                }
+            }
+            pv[v].push(ops(o.iters, t.elapsed()));
         }
-        ours_p.push(ops(o.iters, t.elapsed()));
-        floor_p.push(ops(o.iters, pool_floor(&p, key, o.iters).await));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            let c = p.acquire().await.unwrap();
-            theirs
-                .acquire(c)
-                .await
-                .unwrap()
-                .release_now()
-                .await
-                .unwrap();
+        for v in order(rep, 3) {
+            let t = Instant::now();
+            match v {
+                0 => {
+                    for _ in 0..o.iters {
+                        let g = conn.advisory_lock(key).await.unwrap();
+                        g.release().await.unwrap();
+                    }
+                }
+                1 => {
+                    conn_floor(&mut conn, key, o.iters).await;
+                }
+                _ => {
+                    for _ in 0..o.iters {
+                        let g = theirs.acquire(&mut conn).await.unwrap();
+                        g.release_now().await.unwrap();
+                    }
+                }
+            }
+            cv[v].push(ops(o.iters, t.elapsed()));
         }
-        theirs_p.push(ops(o.iters, t.elapsed()));
-
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            conn.advisory_lock(key)
-                .await
-                .unwrap()
-                .release()
-                .await
-                .unwrap();
+        // [xact_lock in begin(), raw, begin_with_xact_lock on the connection, on the pool, raw on the pool]
+        for v in order(rep, 5) {
+            let t = Instant::now();
+            for _ in 0..o.iters {
+                match v {
+                    0 | 1 => {
+                        let mut tx = conn.begin().await.unwrap();
+                        if v == 0 {
+                            tx.xact_lock(key).await.unwrap();
+                        } else {
+                            sqlx::query(XACT)
+                                .bind(k(key))
+                                .execute(&mut *tx)
+                                .await
+                                .unwrap();
+                        }
+                        tx.commit().await.unwrap();
+                    }
+                    2 => conn
+                        .begin_with_xact_lock(key)
+                        .await
+                        .unwrap()
+                        .commit()
+                        .await
+                        .unwrap(),
+                    3 => p
+                        .begin_with_xact_lock(key)
+                        .await
+                        .unwrap()
+                        .commit()
+                        .await
+                        .unwrap(),
+                    _ => {
+                        let mut tx = p.begin().await.unwrap();
+                        sqlx::query(XACT)
+                            .bind(k(key))
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
+                        tx.commit().await.unwrap();
+                    }
+                }
+            }
+            xv[v].push(ops(o.iters, t.elapsed()));
         }
-        ours_c.push(ops(o.iters, t.elapsed()));
-        floor_c.push(ops(o.iters, conn_floor(&mut conn, key, o.iters).await));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            theirs
-                .acquire(&mut conn)
-                .await
-                .unwrap()
-                .release_now()
-                .await
-                .unwrap();
-        }
-        theirs_c.push(ops(o.iters, t.elapsed()));
-
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            let mut tx = conn.begin().await.unwrap();
-            tx.xact_lock(key).await.unwrap();
-            tx.commit().await.unwrap();
-        }
-        ours_x.push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            let mut tx = conn.begin().await.unwrap();
-            sqlx::query(XACT)
-                .bind(k(key))
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-        }
-        floor_x.push(ops(o.iters, t.elapsed()));
     }
+    let (
+        [ours_p, floor_p, theirs_p],
+        [ours_c, floor_c, theirs_c],
+        [ours_x, floor_x, fast_x, fast_xp, floor_xp],
+    ) = (pv, cv, xv);
     figs.push(ops_fig(
         "uncontended",
         "sqlx PgPool guard",
@@ -156,7 +187,21 @@ pub async fn run(url: &str, o: Opts) -> Vec<Figure> {
         "sqlx BEGIN+xact_lock+COMMIT",
         ours_x,
         "raw BEGIN+lock+COMMIT",
+        floor_x.clone(),
+    ));
+    figs.push(ops_fig(
+        "transaction scope",
+        "sqlx conn begin_with_xact_lock+COMMIT",
+        fast_x,
+        "raw BEGIN+lock+COMMIT",
         floor_x,
+    ));
+    figs.push(ops_fig(
+        "transaction scope",
+        "sqlx PgPool begin_with_xact_lock+COMMIT",
+        fast_xp,
+        "raw pool.begin()+lock+COMMIT",
+        floor_xp,
     ));
 
     // try on a key held elsewhere
@@ -166,40 +211,35 @@ pub async fn run(url: &str, o: Opts) -> Vec<Figure> {
         .execute(&mut holder)
         .await
         .unwrap();
-    let (mut ours_t, mut floor_t, mut ours_tp, mut floor_tp) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..o.reps {
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            assert!(conn.try_advisory_lock(key).await.unwrap().is_none());
+    // [conn ours, conn floor, pool ours, pool floor], all four rotated together
+    let mut tv: [Vec<f64>; 4] = Default::default();
+    for rep in 0..o.reps {
+        for v in order(rep, 4) {
+            let t = Instant::now();
+            for _ in 0..o.iters {
+                let got = match v {
+                    0 => conn.try_advisory_lock(key).await.unwrap().is_some(),
+                    1 => sqlx::query_scalar(TRY)
+                        .bind(k(key))
+                        .fetch_one(&mut conn)
+                        .await
+                        .unwrap(),
+                    2 => p.try_advisory_lock(key).await.unwrap().is_some(),
+                    _ => {
+                        let mut c = p.acquire().await.unwrap();
+                        sqlx::query_scalar(TRY)
+                            .bind(k(key))
+                            .fetch_one(&mut *c)
+                            .await
+                            .unwrap()
+                    }
+                };
+                assert!(!got);
+            }
+            tv[v].push(ops(o.iters, t.elapsed()));
         }
-        ours_t.push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            let got: bool = sqlx::query_scalar(TRY)
-                .bind(k(key))
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            assert!(!got);
-        }
-        floor_t.push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            assert!(p.try_advisory_lock(key).await.unwrap().is_none());
-        }
-        ours_tp.push(ops(o.iters, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            let mut c = p.acquire().await.unwrap();
-            let got: bool = sqlx::query_scalar(TRY)
-                .bind(k(key))
-                .fetch_one(&mut *c)
-                .await
-                .unwrap();
-            assert!(!got);
-        }
-        floor_tp.push(ops(o.iters, t.elapsed()));
     }
+    let [ours_t, floor_t, ours_tp, floor_tp] = tv;
     sqlx::query(UNLOCK)
         .bind(k(key))
         .execute(&mut holder)
@@ -385,8 +425,8 @@ async fn handoffs(_url: &str, p: &PgPool, holder: &mut PgConnection, o: Opts) ->
 async fn contention(url: &str, o: Opts) -> Vec<Figure> {
     let p = pool(url, o.tasks as u32 + 1).await;
     let (mut ours, mut raw) = (vec![], vec![]);
-    for _ in 0..o.reps {
-        for use_ours in [true, false] {
+    for rep in 0..o.reps {
+        for use_ours in order(rep, 2).map(|v| v == 0) {
             let key = advisory_tests::unique_key();
             let id = advisory_tests::unique_name("bench-sqlx");
             sqlx::query("INSERT INTO advisory_test_counters (id, value) VALUES ($1, 0)")
@@ -541,6 +581,22 @@ pub async fn count_round_trips(
         let mut tx = conn.begin().await.unwrap();
         tx.xact_lock(key).await.unwrap();
         tx.commit().await.unwrap();
+    });
+    count!("sqlx begin_with_xact_lock+COMMIT", {
+        conn.begin_with_xact_lock(key)
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+    });
+    count!("sqlx begin_with_xact_lock_timeout+COMMIT", {
+        conn.begin_with_xact_lock_timeout(key, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
     });
     out
 }

@@ -19,7 +19,7 @@ use sqlx_advisory::{Error, PoolLockGuard};
 use crate::support::*;
 
 /// Another session takes and releases `key` every couple of milliseconds until stopped.
-fn toggler(key: Key, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
+pub(crate) fn toggler(key: Key, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
     tokio::spawn(async move {
         let mut c = conn().await;
         let mut rng = StdRng::from_entropy();

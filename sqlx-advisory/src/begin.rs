@@ -1,0 +1,308 @@
+//! Transactions that start out holding a transaction-level lock, in one round trip:
+//! [`BeginXactLockExt`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use advisory_common::Key;
+use advisory_common::sql::{self, Mode};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, SqlSafeStr, Transaction};
+
+use crate::error::{Error, classify};
+
+/// Open a transaction that already holds a transaction-level advisory lock, in **one round
+/// trip**: the one-call form of `begin()` + [`xact_lock`](crate::XactLockExt::xact_lock)
+/// (which costs two). The result is an ordinary sqlx `Transaction`; COMMIT or ROLLBACK (or
+/// dropping it, which rolls back) releases the lock.
+///
+/// Implemented for **`&PgPool`** (→ `Transaction<'static, Postgres>`, owning a pooled connection)
+/// and **`&mut PgConnection`** (→ `Transaction<'_, Postgres>`; also reached from a
+/// `PoolConnection` by deref).
+///
+/// The statement sent is `SELECT pg_advisory_xact_lock(<key>); BEGIN` as one simple query (see
+/// [`advisory_common::sql::lock_then_begin`] for why the lock comes first): if the lock fails
+/// (timeout, deadlock, lock table full) PostgreSQL rolls the implicit transaction back and the
+/// connection is left idle, outside any transaction, holding nothing. A connection that is
+/// already inside a transaction gets [`Error::AlreadyInTransaction`] and nothing is sent (use
+/// [`xact_lock`](crate::XactLockExt::xact_lock) inside it instead).
+///
+/// # Cancel safety
+/// * **`&PgPool`: cancel safe.** Dropped while waiting for a connection, nothing was sent and
+///   nothing happens. Dropped after the statement went out, a background task waits for the
+///   server's answer, rolls the transaction back if it was opened, and only then returns the
+///   connection to the pool: the next user never gets a connection inside a transaction or
+///   holding the lock. Until the server answers (a blocking wait ends only when the lock is
+///   granted), that connection stays out of the pool; bound waits with the `_timeout` methods.
+/// * **`&mut PgConnection`: cancel safe until the statement is sent, not after.** If the future is
+///   dropped while the server is still answering, the server completes it, and if the lock is
+///   granted the connection is left **inside a transaction holding the lock** that sqlx does not
+///   know about (sqlx's own `begin_with` behaves the same way). Close the connection after such a
+///   cancellation, or use the pool method.
+pub trait BeginXactLockExt: Sized + crate::conn::sealed::Sealed {
+    /// The transaction type: `Transaction<'static, Postgres>` for a pool,
+    /// `Transaction<'c, Postgres>` for a borrowed connection.
+    type Transaction;
+
+    /// Open a transaction holding the exclusive transaction lock on `key`, waiting as long as it
+    /// takes.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use sqlx_advisory::BeginXactLockExt;
+    /// let mut tx = pool.begin_with_xact_lock("orders:42").await?;
+    /// sqlx::query("SELECT 1").execute(&mut *tx).await?; // the read-modify-write of order 42
+    /// tx.commit().await?; // releases the lock
+    /// # Ok(()) }
+    /// ```
+    fn begin_with_xact_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Self::Transaction, Error>> + Send;
+
+    /// Open a transaction holding the shared transaction lock on `key`, waiting as long as it
+    /// takes.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use sqlx_advisory::BeginXactLockExt;
+    /// let a = pool.begin_with_xact_lock_shared(8_i64).await?;
+    /// let b = pool.begin_with_xact_lock_shared(8_i64).await?; // readers do not exclude each other
+    /// a.rollback().await?;
+    /// b.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn begin_with_xact_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Self::Transaction, Error>> + Send;
+
+    /// Open a transaction holding the exclusive transaction lock on `key`, waiting at most
+    /// `timeout` (server-side `lock_timeout`, for the lock statement only), else
+    /// [`Error::Timeout`]; after a failure the connection is outside any transaction, holds
+    /// nothing, and its `lock_timeout` is unchanged.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use std::time::Duration;
+    /// use sqlx_advisory::{BeginXactLockExt, Error};
+    /// let held = pool.begin_with_xact_lock((4, 2)).await?;
+    /// let err = pool
+    ///     .begin_with_xact_lock_timeout((4, 2), Duration::from_millis(50))
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::Timeout { .. }));
+    /// held.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn begin_with_xact_lock_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Self::Transaction, Error>> + Send;
+
+    /// Open a transaction holding the shared transaction lock on `key`, waiting at most
+    /// `timeout`; as [`begin_with_xact_lock_timeout`](Self::begin_with_xact_lock_timeout).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// use std::time::Duration;
+    /// use sqlx_advisory::BeginXactLockExt;
+    /// let mut conn = pool.acquire().await?;
+    /// let tx = conn.begin_with_xact_lock_shared_timeout("cfg", Duration::from_secs(1)).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn begin_with_xact_lock_shared_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Self::Transaction, Error>> + Send;
+}
+
+/// The statement that opens the transaction, as sqlx's custom `BEGIN` statement.
+fn statement(mode: Mode, key: Key, timeout: Option<Duration>) -> Result<sqlx::SqlStr, Error> {
+    let ms = timeout.map(advisory_common::timeout_millis).transpose()?;
+    Ok(AssertSqlSafe(sql::lock_then_begin(mode, key, ms)).into_sql_str())
+}
+
+async fn begin_on(
+    conn: &mut PgConnection,
+    key: Key,
+    mode: Mode,
+    timeout: Option<Duration>,
+) -> Result<Transaction<'_, Postgres>, Error> {
+    if conn.is_in_transaction() {
+        return Err(Error::AlreadyInTransaction { key });
+    }
+    let statement = statement(mode, key, timeout)?;
+    let tx = conn
+        .begin_with(statement)
+        .await
+        .map_err(|e| classify(e, key, timeout))?;
+    tracing::debug!(%key, shared = mode == Mode::Shared, "transaction opened holding the advisory lock");
+    Ok(tx)
+}
+
+async fn begin_on_pool(
+    pool: &PgPool,
+    key: Key,
+    mode: Mode,
+    timeout: Option<Duration>,
+) -> Result<Transaction<'static, Postgres>, Error> {
+    let statement = statement(mode, key, timeout)?;
+    let conn = pool.acquire().await.map_err(Error::Pool)?;
+    // `Transaction::begin` is what `Pool::begin_with` runs after its checkout; called directly
+    // so that a cancellation while waiting for the checkout (above) sends nothing.
+    let begin = Transaction::begin(conn, Some(statement));
+    let tx = FinishOnDrop {
+        begin: Some(begin),
+        key,
+    }
+    .await
+    .map_err(|e| classify(e, key, timeout))?;
+    tracing::debug!(%key, shared = mode == Mode::Shared, "pooled transaction opened holding the advisory lock");
+    Ok(tx)
+}
+
+type BeginFuture =
+    Pin<Box<dyn Future<Output = Result<Transaction<'static, Postgres>, sqlx::Error>> + Send>>;
+
+/// Drives the pooled `BEGIN`; if dropped before it finishes (the caller was cancelled), the rest
+/// runs in a spawned task that rolls back whatever was opened, so the connection returns to the
+/// pool outside any transaction and holding no lock.
+///
+/// Dropping the unfinished future itself would be wrong: sqlx's `Transaction::begin` counts the
+/// transaction only once the server has answered, so its drop does not roll back, and the pooled
+/// connection would be returned (after a ping that reads the pending answer) inside the
+/// transaction, holding the lock.
+struct FinishOnDrop {
+    begin: Option<BeginFuture>,
+    key: Key,
+}
+
+impl Future for FinishOnDrop {
+    type Output = Result<Transaction<'static, Postgres>, sqlx::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let begin = self.begin.as_mut().expect("polled after completion");
+        let out = std::task::ready!(begin.as_mut().poll(cx));
+        self.begin = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        let Some(begin) = self.begin.take() else {
+            return;
+        };
+        let key = self.key;
+        let finish = async move {
+            match begin.await {
+                Ok(tx) => match tx.rollback().await {
+                    Ok(()) => {
+                        tracing::debug!(%key, "cancelled begin_with_xact_lock: the transaction opened after all and was rolled back")
+                    }
+                    // The transaction's drop queues a rollback; the pool's release check
+                    // then flushes it or closes the connection.
+                    Err(error) => {
+                        tracing::warn!(%key, %error, "cancelled begin_with_xact_lock: rolling back failed")
+                    }
+                },
+                Err(error) => {
+                    tracing::debug!(%key, %error, "cancelled begin_with_xact_lock: it failed on the server; nothing is held")
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                tracing::warn!(%key, "begin_with_xact_lock cancelled while its statement was in flight: finishing it in the background (rollback) before the connection returns to the pool");
+                drop(rt.spawn(finish));
+            }
+            Err(_) => {
+                // No runtime to finish it on (and sqlx's pooled-connection drop needs one): drop
+                // it in a driverless runtime, where the connection is lost rather than returned.
+                tracing::warn!(%key, "begin_with_xact_lock cancelled outside any runtime; dropping its connection");
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() {
+                    let entered = rt.enter();
+                    drop(finish);
+                    drop(entered);
+                }
+            }
+        }
+    }
+}
+
+impl<'c> BeginXactLockExt for &'c mut PgConnection {
+    type Transaction = Transaction<'c, Postgres>;
+
+    fn begin_with_xact_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Transaction<'c, Postgres>, Error>> + Send {
+        begin_on(self, key.into(), Mode::Exclusive, None)
+    }
+
+    fn begin_with_xact_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Transaction<'c, Postgres>, Error>> + Send {
+        begin_on(self, key.into(), Mode::Shared, None)
+    }
+
+    fn begin_with_xact_lock_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Transaction<'c, Postgres>, Error>> + Send {
+        begin_on(self, key.into(), Mode::Exclusive, Some(timeout))
+    }
+
+    fn begin_with_xact_lock_shared_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Transaction<'c, Postgres>, Error>> + Send {
+        begin_on(self, key.into(), Mode::Shared, Some(timeout))
+    }
+}
+
+impl BeginXactLockExt for &PgPool {
+    type Transaction = Transaction<'static, Postgres>;
+
+    fn begin_with_xact_lock(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Transaction<'static, Postgres>, Error>> + Send {
+        begin_on_pool(self, key.into(), Mode::Exclusive, None)
+    }
+
+    fn begin_with_xact_lock_shared(
+        self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Transaction<'static, Postgres>, Error>> + Send {
+        begin_on_pool(self, key.into(), Mode::Shared, None)
+    }
+
+    fn begin_with_xact_lock_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Transaction<'static, Postgres>, Error>> + Send {
+        begin_on_pool(self, key.into(), Mode::Exclusive, Some(timeout))
+    }
+
+    fn begin_with_xact_lock_shared_timeout(
+        self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Transaction<'static, Postgres>, Error>> + Send {
+        begin_on_pool(self, key.into(), Mode::Shared, Some(timeout))
+    }
+}
