@@ -1,12 +1,14 @@
-//! diesel paths: sync PgConnection and r2d2; diesel-async bare, bb8 and deadpool; raw SQL floors as
-//! cached prepared statements on the same connection kind.
+//! diesel paths, uncontended: sync PgConnection and r2d2; diesel-async bare, bb8 and deadpool; the
+//! transaction lock and the one-round-trip `transaction_with_xact_lock`; raw SQL floors as cached
+//! prepared statements on the same connection kind. (Contention: `diesel_contended`; round trips:
+//! `trips`.)
 
 use std::time::{Duration, Instant};
 
 use advisory_common::Key;
 use diesel::r2d2::{ConnectionManager, Pool as R2d2Pool};
 use diesel::sql_types::BigInt;
-use diesel::{Connection, PgConnection, QueryableByName};
+use diesel::{Connection, PgConnection};
 use diesel_advisory::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -22,17 +24,17 @@ diesel::define_sql_function! { fn pg_advisory_lock(key: BigInt) -> Void; }
 diesel::define_sql_function! { fn pg_advisory_unlock(key: BigInt) -> Bool; }
 diesel::define_sql_function! { fn pg_try_advisory_lock(key: BigInt) -> Bool; }
 
-type Bb8 = diesel_async::pooled_connection::bb8::Pool<AsyncPgConnection>;
+pub(crate) type Bb8 = diesel_async::pooled_connection::bb8::Pool<AsyncPgConnection>;
 type Deadpool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
 
-fn k(key: Key) -> i64 {
+pub(crate) fn k(key: Key) -> i64 {
     match key {
         Key::BigInt(k) => k,
         Key::Pair(..) => unreachable!(),
     }
 }
 
-fn floor_sync(c: &mut PgConnection, key: Key, n: usize) -> Duration {
+pub(crate) fn floor_sync(c: &mut PgConnection, key: Key, n: usize) -> Duration {
     use diesel::RunQueryDsl;
     let t = Instant::now();
     for _ in 0..n {
@@ -46,7 +48,7 @@ fn floor_sync(c: &mut PgConnection, key: Key, n: usize) -> Duration {
     t.elapsed()
 }
 
-async fn floor_async(c: &mut AsyncPgConnection, key: Key, n: usize) -> Duration {
+pub(crate) async fn floor_async(c: &mut AsyncPgConnection, key: Key, n: usize) -> Duration {
     use diesel_async::RunQueryDsl;
     let t = Instant::now();
     for _ in 0..n {
@@ -338,207 +340,6 @@ pub async fn run_async(url: &str, o: Opts) -> Vec<Figure> {
         "raw transaction+lock",
         floor_x,
     ));
-    figs.extend(contention_bb8(url, o).await);
+    figs.extend(crate::diesel_contended::contention_bb8(url, o).await);
     figs
-}
-
-async fn contention_bb8(url: &str, o: Opts) -> Vec<Figure> {
-    use diesel::sql_types::Text;
-    use diesel_async::RunQueryDsl;
-    #[derive(QueryableByName)]
-    struct V {
-        #[diesel(sql_type = BigInt)]
-        value: i64,
-    }
-    async fn rmw(c: &mut AsyncPgConnection, id: &str) {
-        let v: V = diesel::sql_query("SELECT value FROM advisory_test_counters WHERE id = $1")
-            .bind::<Text, _>(id)
-            .get_result(c)
-            .await
-            .unwrap();
-        diesel::sql_query("UPDATE advisory_test_counters SET value = $2 WHERE id = $1")
-            .bind::<Text, _>(id)
-            .bind::<BigInt, _>(v.value + 1)
-            .execute(c)
-            .await
-            .unwrap();
-    }
-    let pool: Bb8 = bb8::Pool::builder()
-        .max_size(o.tasks as u32 + 1)
-        .build(AsyncDieselConnectionManager::new(url))
-        .await
-        .unwrap();
-    let (mut ours, mut raw) = (vec![], vec![]);
-    for rep in 0..o.reps {
-        for use_ours in order(rep, 2).map(|v| v == 0) {
-            let key = advisory_tests::unique_key();
-            let id = advisory_tests::unique_name("bench-bb8");
-            diesel::sql_query("INSERT INTO advisory_test_counters (id, value) VALUES ($1, 0)")
-                .bind::<Text, _>(&id)
-                .execute(&mut pool.get().await.unwrap())
-                .await
-                .unwrap();
-            let t = Instant::now();
-            let mut set = tokio::task::JoinSet::new();
-            for _ in 0..o.tasks {
-                let (pool, id) = (pool.clone(), id.clone());
-                set.spawn(async move {
-                    for _ in 0..o.per_task {
-                        if use_ours {
-                            let mut g = pool.advisory_lock(key).await.unwrap();
-                            rmw(&mut g, &id).await;
-                            g.release().await.unwrap();
-                        } else {
-                            let mut c = pool.get().await.unwrap();
-                            diesel::select(pg_advisory_lock(k(key)))
-                                .execute(&mut *c)
-                                .await
-                                .unwrap();
-                            rmw(&mut c, &id).await;
-                            diesel::select(pg_advisory_unlock(k(key)))
-                                .get_result::<bool>(&mut *c)
-                                .await
-                                .unwrap();
-                        }
-                    }
-                });
-            }
-            set.join_all().await;
-            let el = t.elapsed();
-            let v: V = diesel::sql_query("SELECT value FROM advisory_test_counters WHERE id = $1")
-                .bind::<Text, _>(&id)
-                .get_result(&mut pool.get().await.unwrap())
-                .await
-                .unwrap();
-            assert_eq!(
-                v.value as usize,
-                o.tasks * o.per_task,
-                "lost update under the lock"
-            );
-            let r = ops(o.tasks * o.per_task, el);
-            if use_ours { ours.push(r) } else { raw.push(r) }
-        }
-    }
-    let mut f = ops_fig("contention", "", ours, "raw SQL, same loop", raw);
-    f.path = format!("diesel-async bb8 guard ({} tasks, rmw)", o.tasks);
-    f.note = "final value checked".into();
-    vec![f]
-}
-
-pub fn count_round_trips_sync(
-    purl: &str,
-    counter: &crate::proxy::Counter,
-    n: usize,
-) -> Vec<(String, f64)> {
-    let key = advisory_tests::unique_key();
-    let mut c = PgConnection::establish(purl).unwrap();
-    let mut out = Vec::new();
-    let mut count = |name: &str, f: &mut dyn FnMut()| {
-        for _ in 0..3 {
-            f();
-        }
-        let before = counter.get();
-        for _ in 0..n {
-            f();
-        }
-        out.push((name.to_string(), (counter.get() - before) as f64 / n as f64));
-    };
-    count("diesel sync advisory_lock+release", &mut || {
-        c.advisory_lock(key).unwrap().release().unwrap()
-    });
-    count("  raw lock+unlock (floor)", &mut || {
-        floor_sync(&mut c, key, 1);
-    });
-    count("diesel sync advisory_lock_timeout+release", &mut || {
-        c.advisory_lock_timeout(key, Duration::from_secs(5))
-            .unwrap()
-            .release()
-            .unwrap()
-    });
-    count("diesel sync transaction+xact_lock_timeout", &mut || {
-        c.transaction::<_, diesel_advisory::Error, _>(|c| {
-            c.xact_lock_timeout(key, Duration::from_secs(5))
-        })
-        .unwrap()
-    });
-    count("diesel sync transaction_with_xact_lock", &mut || {
-        c.transaction_with_xact_lock::<_, diesel_advisory::Error, _>(key, |_| Ok(()))
-            .unwrap()
-    });
-    count(
-        "diesel sync transaction_with_xact_lock_timeout",
-        &mut || {
-            c.transaction_with_xact_lock_timeout::<_, diesel_advisory::Error, _>(
-                key,
-                Duration::from_secs(5),
-                |_| Ok(()),
-            )
-            .unwrap()
-        },
-    );
-    out
-}
-
-pub async fn count_round_trips_async(
-    purl: &str,
-    counter: &crate::proxy::Counter,
-    n: usize,
-) -> Vec<(String, f64)> {
-    let key = advisory_tests::unique_key();
-    let mut c = AsyncPgConnection::establish(purl).await.unwrap();
-    let bb8: Bb8 = bb8::Pool::builder()
-        .max_size(1)
-        .build(AsyncDieselConnectionManager::new(purl))
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    macro_rules! count {
-        ($name:expr, $body:expr) => {{
-            for _ in 0..3 {
-                $body;
-            }
-            let before = counter.get();
-            for _ in 0..n {
-                $body;
-            }
-            out.push((
-                $name.to_string(),
-                (counter.get() - before) as f64 / n as f64,
-            ));
-        }};
-    }
-    count!(
-        "diesel-async advisory_lock+release",
-        c.advisory_lock(key).await.unwrap().release().await.unwrap()
-    );
-    count!(
-        "  raw lock+unlock (floor)",
-        floor_async(&mut c, key, 1).await
-    );
-    count!(
-        "diesel-async bb8 advisory_lock+release",
-        bb8.advisory_lock(key)
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap()
-    );
-    count!(
-        "  raw on bb8 checkout (floor)",
-        floor_async(&mut bb8.get().await.unwrap(), key, 1).await
-    );
-    count!(
-        "diesel-async transaction+xact_lock",
-        c.transaction::<_, diesel_advisory::Error, _>(async |c| c.xact_lock(key).await)
-            .await
-            .unwrap()
-    );
-    count!(
-        "diesel-async transaction_with_xact_lock",
-        c.transaction_with_xact_lock::<_, diesel_advisory::Error, _>(key, async |_| Ok(()))
-            .await
-            .unwrap()
-    );
-    out
 }

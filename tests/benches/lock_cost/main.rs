@@ -12,10 +12,13 @@
 //! every repetition (see [`order`]), so no variant always pays for following another workload.
 //! Nothing here asserts a timing; correctness checks (final counter values) do fail the run.
 
+mod diesel_contended;
 mod diesel_paths;
 mod proxy;
 mod report;
+mod sqlx_contended;
 mod sqlx_paths;
+mod trips;
 
 use std::time::Duration;
 
@@ -126,19 +129,18 @@ async fn round_trips(url: &str, opts: Opts) -> Vec<Figure> {
     let _ = host;
     let n = opts.iters.clamp(20, 200);
     let mut figs = Vec::new();
-    for (path, trips) in sqlx_paths::count_round_trips(&purl, &counter, n).await {
+    for (path, trips) in trips::count_round_trips(&purl, &counter, n).await {
         figs.push(trip_fig(path, trips));
     }
     let c2 = counter.clone();
     let purl2 = purl.clone();
-    let sync =
-        tokio::task::spawn_blocking(move || diesel_paths::count_round_trips_sync(&purl2, &c2, n))
-            .await
-            .unwrap();
+    let sync = tokio::task::spawn_blocking(move || trips::count_round_trips_sync(&purl2, &c2, n))
+        .await
+        .unwrap();
     for (path, trips) in sync {
         figs.push(trip_fig(path, trips));
     }
-    for (path, trips) in diesel_paths::count_round_trips_async(&purl, &counter, n).await {
+    for (path, trips) in trips::count_round_trips_async(&purl, &counter, n).await {
         figs.push(trip_fig(path, trips));
     }
     figs
