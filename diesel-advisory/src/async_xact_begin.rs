@@ -315,7 +315,7 @@ where
         // The batch was answered: the server rolled its implicit block back and diesel-async's
         // depth was not raised, so both agree the connection is idle.
         armed.disarm();
-        return Err(req.classify_begin(e).into());
+        return Err(req.classify(e).into());
     }
     tracing::debug!(key = %req.key, mode = mode_name(req.mode), "transaction begun holding the advisory lock");
     let result = match f(armed.conn()).await {

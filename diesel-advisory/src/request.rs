@@ -73,18 +73,6 @@ impl Request {
     pub(crate) fn classify(&self, err: diesel::result::Error) -> Error {
         crate::error::classify(err, self.key, self.timeout())
     }
-
-    /// A failed `begin_transaction_sql` with the [`lock_then_begin`](Self::lock_then_begin)
-    /// batch: diesel's own "already in a transaction" (nothing sent) or the lock's failure.
-    #[cfg(any(feature = "sync", feature = "async"))]
-    pub(crate) fn classify_begin(&self, err: diesel::result::Error) -> Error {
-        match err {
-            diesel::result::Error::AlreadyInTransaction => {
-                Error::AlreadyInTransaction { key: self.key }
-            }
-            other => self.classify(other),
-        }
-    }
 }
 
 pub(crate) fn unlock_stmt(key: Key, mode: Mode) -> BoolStmt {

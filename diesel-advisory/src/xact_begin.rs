@@ -145,57 +145,34 @@ pub trait BeginXactLockExt {
         E: From<Error> + From<DieselError>;
 }
 
+/// The four methods, forwarding to `run` with the key converted first (the sync twin of
+/// `async_xact_begin`'s `begin_methods!`).
+macro_rules! begin_methods {
+    ($($name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+        fn $name<T, E, F>(
+            &mut self,
+            key: impl Into<Key>,
+            $($timeout: Duration,)?
+            f: F,
+        ) -> Result<T, E>
+        where
+            F: FnOnce(&mut PgConnection) -> Result<T, E>,
+            E: From<Error> + From<DieselError>,
+        {
+            let how = begin_methods!(@how $($timeout)?);
+            run(self, Request::new(key.into(), Mode::$mode, how), f)
+        }
+    )*};
+    (@how) => { How::Block };
+    (@how $timeout:ident) => { How::Timeout($timeout) };
+}
+
 impl BeginXactLockExt for PgConnection {
-    fn transaction_with_xact_lock<T, E, F>(&mut self, key: impl Into<Key>, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut PgConnection) -> Result<T, E>,
-        E: From<Error> + From<DieselError>,
-    {
-        run(
-            self,
-            Request::new(key.into(), Mode::Exclusive, How::Block),
-            f,
-        )
-    }
-
-    fn transaction_with_xact_lock_shared<T, E, F>(
-        &mut self,
-        key: impl Into<Key>,
-        f: F,
-    ) -> Result<T, E>
-    where
-        F: FnOnce(&mut PgConnection) -> Result<T, E>,
-        E: From<Error> + From<DieselError>,
-    {
-        run(self, Request::new(key.into(), Mode::Shared, How::Block), f)
-    }
-
-    fn transaction_with_xact_lock_timeout<T, E, F>(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-        f: F,
-    ) -> Result<T, E>
-    where
-        F: FnOnce(&mut PgConnection) -> Result<T, E>,
-        E: From<Error> + From<DieselError>,
-    {
-        let req = Request::new(key.into(), Mode::Exclusive, How::Timeout(timeout));
-        run(self, req, f)
-    }
-
-    fn transaction_with_xact_lock_shared_timeout<T, E, F>(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-        f: F,
-    ) -> Result<T, E>
-    where
-        F: FnOnce(&mut PgConnection) -> Result<T, E>,
-        E: From<Error> + From<DieselError>,
-    {
-        let req = Request::new(key.into(), Mode::Shared, How::Timeout(timeout));
-        run(self, req, f)
+    begin_methods! {
+        transaction_with_xact_lock(Exclusive);
+        transaction_with_xact_lock_shared(Shared);
+        transaction_with_xact_lock_timeout(Exclusive, timeout);
+        transaction_with_xact_lock_shared_timeout(Shared, timeout);
     }
 }
 
@@ -212,7 +189,7 @@ where
     let sql = req.lock_then_begin()?;
     // On failure libpq reports the session idle again, and diesel resets its bookkeeping from that
     // (`update_transaction_manager_status` in diesel/src/pg/connection/mod.rs).
-    AnsiTransactionManager::begin_transaction_sql(conn, &sql).map_err(|e| req.classify_begin(e))?;
+    AnsiTransactionManager::begin_transaction_sql(conn, &sql).map_err(|e| req.classify(e))?;
     tracing::debug!(key = %req.key, mode = crate::request::mode_name(req.mode), "transaction begun holding the advisory lock");
     match f(conn) {
         Ok(value) => {

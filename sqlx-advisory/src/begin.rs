@@ -229,80 +229,56 @@ impl Drop for FinishOnDrop {
                 // No runtime to finish it on (and sqlx's pooled-connection drop needs one): drop
                 // it in a driverless runtime, where the connection is lost rather than returned.
                 tracing::warn!(%key, "begin_with_xact_lock cancelled outside any runtime; dropping its connection");
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() {
-                    let entered = rt.enter();
-                    drop(finish);
-                    drop(entered);
-                }
+                crate::exec::in_throwaway_runtime(|| drop(finish));
             }
         }
     }
 }
 
+/// The four methods of a [`BeginXactLockExt`] impl, forwarding to
+/// `$begin(self, key, mode, timeout)` with the key converted before the future is built.
+macro_rules! begin_methods {
+    ($begin:path, $tx:ty) => {
+        fn begin_with_xact_lock(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<$tx, Error>> + Send {
+            $begin(self, key.into(), Mode::Exclusive, None)
+        }
+
+        fn begin_with_xact_lock_shared(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<$tx, Error>> + Send {
+            $begin(self, key.into(), Mode::Shared, None)
+        }
+
+        fn begin_with_xact_lock_timeout(
+            self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> impl Future<Output = Result<$tx, Error>> + Send {
+            $begin(self, key.into(), Mode::Exclusive, Some(timeout))
+        }
+
+        fn begin_with_xact_lock_shared_timeout(
+            self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> impl Future<Output = Result<$tx, Error>> + Send {
+            $begin(self, key.into(), Mode::Shared, Some(timeout))
+        }
+    };
+}
+
 impl<'c> BeginXactLockExt for &'c mut PgConnection {
     type Transaction = Transaction<'c, Postgres>;
 
-    fn begin_with_xact_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Transaction<'c, Postgres>, Error>> + Send {
-        begin_on(self, key.into(), Mode::Exclusive, None)
-    }
-
-    fn begin_with_xact_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Transaction<'c, Postgres>, Error>> + Send {
-        begin_on(self, key.into(), Mode::Shared, None)
-    }
-
-    fn begin_with_xact_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Transaction<'c, Postgres>, Error>> + Send {
-        begin_on(self, key.into(), Mode::Exclusive, Some(timeout))
-    }
-
-    fn begin_with_xact_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Transaction<'c, Postgres>, Error>> + Send {
-        begin_on(self, key.into(), Mode::Shared, Some(timeout))
-    }
+    begin_methods!(begin_on, Transaction<'c, Postgres>);
 }
 
 impl BeginXactLockExt for &PgPool {
     type Transaction = Transaction<'static, Postgres>;
 
-    fn begin_with_xact_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Transaction<'static, Postgres>, Error>> + Send {
-        begin_on_pool(self, key.into(), Mode::Exclusive, None)
-    }
-
-    fn begin_with_xact_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Transaction<'static, Postgres>, Error>> + Send {
-        begin_on_pool(self, key.into(), Mode::Shared, None)
-    }
-
-    fn begin_with_xact_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Transaction<'static, Postgres>, Error>> + Send {
-        begin_on_pool(self, key.into(), Mode::Exclusive, Some(timeout))
-    }
-
-    fn begin_with_xact_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Transaction<'static, Postgres>, Error>> + Send {
-        begin_on_pool(self, key.into(), Mode::Shared, Some(timeout))
-    }
+    begin_methods!(begin_on_pool, Transaction<'static, Postgres>);
 }

@@ -294,78 +294,78 @@ async fn acquire(
     Ok(locked?.then(|| LockGuard::new(conn, key, mode)))
 }
 
-fn granted(g: Option<LockGuard<'_>>) -> LockGuard<'_> {
+/// A waiting acquire either grants the lock or fails; `None` only comes from a `try_`.
+pub(crate) fn granted<G>(g: Option<G>) -> G {
     g.expect("a waiting acquire either grants the lock or fails")
 }
+
+/// The six acquire methods of a [`LockExt`] impl, forwarding to
+/// `$acquire(self, key, mode, wait, timeout) -> Result<Option<$guard>, Error>` (an `async fn`);
+/// the key is converted before the future is built. The same shape as diesel-advisory's
+/// `async_lock_methods!`.
+macro_rules! lock_methods {
+    ($acquire:path, $guard:ty) => {
+        fn advisory_lock(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<$guard, Error>> + Send {
+            let fut = $acquire(self, key.into(), Mode::Exclusive, Wait::Block, None);
+            async move { fut.await.map($crate::conn::granted) }
+        }
+
+        fn advisory_lock_shared(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<$guard, Error>> + Send {
+            let fut = $acquire(self, key.into(), Mode::Shared, Wait::Block, None);
+            async move { fut.await.map($crate::conn::granted) }
+        }
+
+        fn try_advisory_lock(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<Option<$guard>, Error>> + Send {
+            $acquire(self, key.into(), Mode::Exclusive, Wait::Try, None)
+        }
+
+        fn try_advisory_lock_shared(
+            self,
+            key: impl Into<Key>,
+        ) -> impl Future<Output = Result<Option<$guard>, Error>> + Send {
+            $acquire(self, key.into(), Mode::Shared, Wait::Try, None)
+        }
+
+        fn advisory_lock_timeout(
+            self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> impl Future<Output = Result<$guard, Error>> + Send {
+            let fut = $acquire(
+                self,
+                key.into(),
+                Mode::Exclusive,
+                Wait::Timeout,
+                Some(timeout),
+            );
+            async move { fut.await.map($crate::conn::granted) }
+        }
+
+        fn advisory_lock_shared_timeout(
+            self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> impl Future<Output = Result<$guard, Error>> + Send {
+            let fut = $acquire(self, key.into(), Mode::Shared, Wait::Timeout, Some(timeout));
+            async move { fut.await.map($crate::conn::granted) }
+        }
+    };
+}
+pub(crate) use lock_methods;
 
 impl<'c> LockExt for &'c mut PgConnection {
     type Guard = LockGuard<'c>;
 
-    fn advisory_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<LockGuard<'c>, Error>> + Send {
-        let key = key.into();
-        async move {
-            acquire(self, key, Mode::Exclusive, Wait::Block, None)
-                .await
-                .map(granted)
-        }
-    }
-
-    fn advisory_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<LockGuard<'c>, Error>> + Send {
-        let key = key.into();
-        async move {
-            acquire(self, key, Mode::Shared, Wait::Block, None)
-                .await
-                .map(granted)
-        }
-    }
-
-    fn try_advisory_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Option<LockGuard<'c>>, Error>> + Send {
-        let key = key.into();
-        acquire(self, key, Mode::Exclusive, Wait::Try, None)
-    }
-
-    fn try_advisory_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Option<LockGuard<'c>>, Error>> + Send {
-        let key = key.into();
-        acquire(self, key, Mode::Shared, Wait::Try, None)
-    }
-
-    fn advisory_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<LockGuard<'c>, Error>> + Send {
-        let key = key.into();
-        async move {
-            acquire(self, key, Mode::Exclusive, Wait::Timeout, Some(timeout))
-                .await
-                .map(granted)
-        }
-    }
-
-    fn advisory_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<LockGuard<'c>, Error>> + Send {
-        let key = key.into();
-        async move {
-            acquire(self, key, Mode::Shared, Wait::Timeout, Some(timeout))
-                .await
-                .map(granted)
-        }
-    }
+    lock_methods!(acquire, LockGuard<'c>);
 
     fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send {
         exec::advisory_locks(self)

@@ -168,16 +168,21 @@ pub(crate) fn discard(mut conn: PoolConnection<Postgres>) {
         drop(conn);
         return;
     }
+    in_throwaway_runtime(|| drop(conn.detach()));
+}
+
+/// Run `f` inside a throwaway current-thread runtime (no drivers, no threads) whose tasks are
+/// dropped unrun: for drops outside any runtime of values whose sqlx `Drop` spawns a task (and
+/// would panic without a runtime). If no such runtime can be built, `f` runs as it is.
+pub(crate) fn in_throwaway_runtime<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Builder::new_current_thread().build() {
         Ok(rt) => {
-            let entered = rt.enter();
-            drop(conn.detach());
-            drop(entered);
-            drop(rt);
+            let _entered = rt.enter();
+            f()
         }
         Err(error) => {
-            tracing::warn!(%error, "cannot build a runtime context to discard a pooled connection; detaching it");
-            drop(conn.detach());
+            tracing::warn!(%error, "cannot build a runtime context for a drop outside any runtime");
+            f()
         }
     }
 }

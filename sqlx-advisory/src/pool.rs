@@ -10,7 +10,7 @@ use advisory_common::{Key, LockInfo};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::conn::{LockExt, lock_on};
+use crate::conn::{LockExt, lock_methods, lock_on};
 use crate::error::{Error, classify};
 use crate::exec::{self, CloseUnlessKept};
 
@@ -166,13 +166,7 @@ async fn acquire(
     timeout: Option<Duration>,
 ) -> Result<Option<PoolLockGuard>, Error> {
     // Validate the timeout before checking anything out.
-    exec::lock_statement(
-        advisory_common::sql::Scope::Session,
-        mode,
-        wait,
-        key,
-        timeout,
-    )?;
+    timeout.map(advisory_common::timeout_millis).transpose()?;
     let conn = pool.acquire().await.map_err(Error::Pool)?;
     // Not armed until the lock statement is about to be sent: dropped before that, the checkout
     // simply goes back to the pool.
@@ -186,78 +180,10 @@ async fn acquire(
     }
 }
 
-fn granted(g: Option<PoolLockGuard>) -> PoolLockGuard {
-    g.expect("a waiting acquire either grants the lock or fails")
-}
-
 impl LockExt for &PgPool {
     type Guard = PoolLockGuard;
 
-    fn advisory_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send {
-        let key = key.into();
-        async move {
-            acquire(self, key, Mode::Exclusive, Wait::Block, None)
-                .await
-                .map(granted)
-        }
-    }
-
-    fn advisory_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send {
-        let key = key.into();
-        async move {
-            acquire(self, key, Mode::Shared, Wait::Block, None)
-                .await
-                .map(granted)
-        }
-    }
-
-    fn try_advisory_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send {
-        let key = key.into();
-        acquire(self, key, Mode::Exclusive, Wait::Try, None)
-    }
-
-    fn try_advisory_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send {
-        let key = key.into();
-        acquire(self, key, Mode::Shared, Wait::Try, None)
-    }
-
-    fn advisory_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send {
-        let key = key.into();
-        async move {
-            acquire(self, key, Mode::Exclusive, Wait::Timeout, Some(timeout))
-                .await
-                .map(granted)
-        }
-    }
-
-    fn advisory_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send {
-        let key = key.into();
-        async move {
-            acquire(self, key, Mode::Shared, Wait::Timeout, Some(timeout))
-                .await
-                .map(granted)
-        }
-    }
+    lock_methods!(acquire, PoolLockGuard);
 
     async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
         let mut conn = self.acquire().await.map_err(Error::Pool)?;
