@@ -73,6 +73,21 @@ pub enum Mode {
     Shared,
 }
 
+impl Mode {
+    /// `"exclusive"` or `"shared"`: the value both adapters log in their `tracing` events.
+    ///
+    /// ```
+    /// use advisory_common::sql::Mode;
+    /// assert_eq!(Mode::Shared.as_str(), "shared");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
 /// How an acquire waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Wait {

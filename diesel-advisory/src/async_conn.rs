@@ -14,9 +14,7 @@ use diesel_async::{
 
 use crate::Error;
 use crate::async_guard::AsyncLockGuard;
-use crate::request::{
-    How, Request, async_lock_methods, granted, held_stmt, mode_name, unlock_stmt,
-};
+use crate::request::{How, Request, async_lock_methods, granted, held_stmt, unlock_stmt};
 use crate::stmt::{LocksRow, decode_locks, locks_stmt};
 
 /// Session-scope advisory locks for diesel-async.
@@ -308,7 +306,7 @@ pub(crate) async fn lock(
         }
         other => other?,
     };
-    tracing::debug!(key = %req.key, mode = mode_name(req.mode), ?scope, locked, "advisory lock");
+    tracing::debug!(key = %req.key, mode = req.mode.as_str(), ?scope, locked, "advisory lock");
     Ok(locked)
 }
 
@@ -343,7 +341,7 @@ pub(crate) async fn unlock(
         .get_async(conn)
         .await
         .map_err(|e| crate::error::classify(e, key, None))?;
-    tracing::debug!(key = %key, mode = mode_name(mode), unlocked, "advisory unlock");
+    tracing::debug!(key = %key, mode = mode.as_str(), unlocked, "advisory unlock");
     Ok(unlocked)
 }
 

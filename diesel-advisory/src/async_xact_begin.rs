@@ -11,7 +11,7 @@ use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager
 
 use crate::Error;
 use crate::async_conn::{mark_broken, queue, transaction_depth};
-use crate::request::{How, Request, mode_name};
+use crate::request::{How, Request};
 
 /// The closure bound of diesel-async's `AsyncConnection::transaction`, restated: an async
 /// closure taking the connection whose future is `Send`.
@@ -317,7 +317,7 @@ where
         armed.disarm();
         return Err(req.classify(e).into());
     }
-    tracing::debug!(key = %req.key, mode = mode_name(req.mode), "transaction begun holding the advisory lock");
+    tracing::debug!(key = %req.key, mode = req.mode.as_str(), "transaction begun holding the advisory lock");
     let result = match f(armed.conn()).await {
         Ok(value) => match AnsiTransactionManager::commit_transaction(armed.conn()).await {
             Ok(()) => Ok(value),

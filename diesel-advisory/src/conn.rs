@@ -228,7 +228,7 @@ pub(crate) fn lock(conn: &mut PgConnection, scope: Scope, req: &Request) -> Resu
         }
         other => other?,
     };
-    tracing::debug!(key = %req.key, mode = crate::request::mode_name(req.mode), ?scope, locked, "advisory lock");
+    tracing::debug!(key = %req.key, mode = req.mode.as_str(), ?scope, locked, "advisory lock");
     Ok(locked)
 }
 
@@ -260,7 +260,7 @@ pub(crate) fn unlock(conn: &mut PgConnection, key: Key, mode: Mode) -> Result<bo
     let unlocked = unlock_stmt(key, mode)
         .get(conn)
         .map_err(|e| crate::error::classify(e, key, None))?;
-    tracing::debug!(key = %key, mode = crate::request::mode_name(mode), unlocked, "advisory unlock");
+    tracing::debug!(key = %key, mode = mode.as_str(), unlocked, "advisory unlock");
     Ok(unlocked)
 }
 

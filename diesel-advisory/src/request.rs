@@ -83,13 +83,6 @@ pub(crate) fn held_stmt(key: Key, mode: Mode) -> BoolStmt {
     BoolStmt::new(StmtId::held(mode, key.space()), key, None)
 }
 
-pub(crate) fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Exclusive => "exclusive",
-        Mode::Shared => "shared",
-    }
-}
-
 /// A waiting acquire always yields a guard; `None` only comes from `try_`.
 pub(crate) fn granted<G>(guard: Option<G>) -> G {
     guard.expect("a waiting acquire returns a guard or an error")

@@ -190,7 +190,7 @@ where
     // On failure libpq reports the session idle again, and diesel resets its bookkeeping from that
     // (`update_transaction_manager_status` in diesel/src/pg/connection/mod.rs).
     AnsiTransactionManager::begin_transaction_sql(conn, &sql).map_err(|e| req.classify(e))?;
-    tracing::debug!(key = %req.key, mode = crate::request::mode_name(req.mode), "transaction begun holding the advisory lock");
+    tracing::debug!(key = %req.key, mode = req.mode.as_str(), "transaction begun holding the advisory lock");
     match f(conn) {
         Ok(value) => {
             AnsiTransactionManager::commit_transaction(conn)?;

@@ -145,7 +145,7 @@ async fn begin_on(
         .begin_with(statement)
         .await
         .map_err(|e| classify(e, key, timeout))?;
-    tracing::debug!(%key, shared = mode == Mode::Shared, "transaction opened holding the advisory lock");
+    tracing::debug!(%key, mode = mode.as_str(), "transaction opened holding the advisory lock");
     Ok(tx)
 }
 
@@ -166,7 +166,7 @@ async fn begin_on_pool(
     }
     .await
     .map_err(|e| classify(e, key, timeout))?;
-    tracing::debug!(%key, shared = mode == Mode::Shared, "pooled transaction opened holding the advisory lock");
+    tracing::debug!(%key, mode = mode.as_str(), "pooled transaction opened holding the advisory lock");
     Ok(tx)
 }
 

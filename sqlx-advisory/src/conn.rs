@@ -275,7 +275,7 @@ async fn granted_at_timeout(conn: &mut PgConnection, key: Key, mode: Mode) -> Re
         }
     };
     if held {
-        tracing::debug!(%key, shared = mode == Mode::Shared, "lock_timeout fired as the lock was granted; keeping it");
+        tracing::debug!(%key, mode = mode.as_str(), "lock_timeout fired as the lock was granted; keeping it");
     }
     Ok(held)
 }

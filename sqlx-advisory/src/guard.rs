@@ -49,7 +49,7 @@ enum State {
 
 impl<'c> LockGuard<'c> {
     pub(crate) fn new(conn: &'c mut PgConnection, key: Key, mode: Mode) -> Self {
-        tracing::debug!(%key, shared = mode == Mode::Shared, "advisory lock acquired");
+        tracing::debug!(%key, mode = mode.as_str(), "advisory lock acquired");
         LockGuard {
             conn,
             key,

@@ -41,7 +41,7 @@ pub struct PoolLockGuard {
 
 impl PoolLockGuard {
     fn new(conn: PoolConnection<Postgres>, key: Key, mode: Mode) -> Self {
-        tracing::debug!(%key, shared = mode == Mode::Shared, "advisory lock acquired on a pooled connection");
+        tracing::debug!(%key, mode = mode.as_str(), "advisory lock acquired on a pooled connection");
         PoolLockGuard {
             conn: Some(conn),
             key,

@@ -151,7 +151,7 @@ async fn xact(
             .map_err(|e| classify(e, key, timeout))?,
     };
     if locked {
-        tracing::debug!(%key, shared = mode == Mode::Shared, "transaction advisory lock acquired");
+        tracing::debug!(%key, mode = mode.as_str(), "transaction advisory lock acquired");
     }
     Ok(locked)
 }
