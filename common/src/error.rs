@@ -16,8 +16,11 @@ pub enum ErrorKind {
     LockTableFull,
     /// A transaction-level lock was requested outside a transaction.
     NotInTransaction,
-    /// A call that opens a transaction (`begin_with_xact_lock`, `transaction_with_xact_lock`) was
-    /// made on a connection that is already inside one; nothing was sent.
+    /// The connection is already inside a transaction, and the call cannot be made there; nothing
+    /// was sent. Either it opens a transaction (`begin_with_xact_lock`, `transaction_with_xact_lock`),
+    /// or it takes a **session** lock: a session lock's guard could not release it while that
+    /// transaction is aborted (PostgreSQL refuses every statement there), so the lock would outlive
+    /// its guard. Inside a transaction use the transaction-scope calls (`xact_lock`, ...).
     AlreadyInTransaction,
     /// `release` was called but the server says the session did not hold the lock.
     NotHeld,
@@ -41,7 +44,7 @@ impl ErrorKind {
                 "transaction-level advisory lock requested outside a transaction (it would be released immediately); call it inside a transaction"
             }
             ErrorKind::AlreadyInTransaction => {
-                "the connection is already in a transaction, so a new one holding the lock cannot be opened on it; use xact_lock inside the open transaction instead"
+                "the connection is already in a transaction: neither a new transaction nor a session lock (whose guard could not release it if the transaction aborts) can be started on it; use xact_lock inside the open transaction instead"
             }
             ErrorKind::NotHeld => {
                 "the server says this session did not hold the advisory lock being released"

@@ -65,7 +65,7 @@ pub enum Scope {
 }
 
 /// Exclusive or shared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
     /// Conflicts with every other holder.
     Exclusive,
@@ -206,6 +206,37 @@ pub fn unlock_literal(mode: Mode, key: Key) -> String {
         Key::BigInt(k) => format!("SELECT {f}({k})"),
         Key::Pair(k1, k2) => format!("SELECT {f}({k1}, {k2})"),
     }
+}
+
+/// The undo of a session-scope acquire whose outcome is unknown (its future was dropped after the
+/// request went out): release one hold of `key` in `mode` **if** the session holds it, as a
+/// self-contained simple-protocol statement queued behind the request. Re-entrancy makes this
+/// exact: PostgreSQL grants a session's request at once when the session already holds the key in
+/// that mode, so if the request was refused or timed out the session did not hold the key in that
+/// mode and nothing is released (no other guard's hold is touched, no server WARNING), and if it
+/// was granted exactly the hold it added is released. Only integers are spliced.
+///
+/// ```
+/// use advisory_common::{Key, sql::{unlock_if_held_literal, Mode}};
+/// let s = unlock_if_held_literal(Mode::Exclusive, Key::BigInt(-7));
+/// assert!(s.starts_with("SELECT pg_advisory_unlock(-7) WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_locks"));
+/// assert!(s.contains("mode = 'ExclusiveLock'"));
+/// ```
+pub fn unlock_if_held_literal(mode: Mode, key: Key) -> String {
+    let lock_mode = match mode {
+        Mode::Exclusive => "ExclusiveLock",
+        Mode::Shared => "ShareLock",
+    };
+    let which = match key {
+        Key::BigInt(k) => format!("objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = {k}"),
+        Key::Pair(k1, k2) => format!(
+            "objsubid = 2 AND classid::int8 = ({k1}::int4::int8 & 4294967295) AND objid::int8 = ({k2}::int4::int8 & 4294967295)"
+        ),
+    };
+    format!(
+        "{} WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND mode = '{lock_mode}' AND {which})",
+        unlock_literal(mode, key)
+    )
 }
 
 /// Releases every session-level advisory lock of the session. Returns no rows of interest.

@@ -8,7 +8,7 @@ use advisory_common::{Key, LockInfo};
 use sqlx::{Connection, PgConnection};
 
 use crate::error::{Error, classify};
-use crate::exec::{self, InFlight};
+use crate::exec::{self, Acquiring};
 use crate::guard::LockGuard;
 
 pub(crate) mod sealed {
@@ -30,8 +30,8 @@ pub(crate) mod sealed {
 ///
 /// # Who releases the lock
 /// The guard: `release().await`, or dropping it (see each guard's docs for exactly what drop does),
-/// or the session ending. A session lock taken **inside a transaction survives that transaction's
-/// rollback**: PostgreSQL ties session locks to the session, not to the transaction.
+/// or the session ending (session locks are not transactional: PostgreSQL ties them to the
+/// session, which is why they are refused inside a transaction, see below).
 ///
 /// # Cancel safety
 /// * **`&PgPool`: every method is cancel safe.** Dropped while waiting for a connection or before
@@ -42,13 +42,17 @@ pub(crate) mod sealed {
 ///   (A backend blocked in the lock wait notices its client is gone only when the wait ends, unless
 ///   the server sets `client_connection_check_interval`; it then exits at once. Mutual exclusion
 ///   is never violated; the dead session just keeps its place in the queue until then.)
-/// * **`&mut PgConnection`: cancel safe until the lock statement is sent, not after.** sqlx cannot
-///   withdraw or queue behind a request in flight, so if the future is dropped after sending it, the
-///   server still completes it and, if the lock is granted, the session holds it with no guard to
-///   release it (a `tracing` warning says so). Close the connection (or run
-///   `SELECT pg_advisory_unlock_all()`) after such a cancellation, or use the pool methods. The
-///   same applies if a timed acquire returns the error of its post-timeout check (see
-///   [`advisory_lock_timeout`](Self::advisory_lock_timeout)): the session may hold the lock.
+/// * **`&mut PgConnection`: cancel safe.** Dropped before the lock statement is written, nothing
+///   was sent. Dropped after, the undo of the request (`unlock if held`: re-entrancy makes it
+///   release exactly the hold the request added, if it was granted, and nothing else) is queued
+///   behind it, so the lock is gone before the connection's next statement is answered. The same
+///   if a timed acquire returns the error of its post-timeout check.
+///
+/// # Inside a transaction
+/// On a connection inside a sqlx transaction (a `Transaction`, or `PoolConnection` /
+/// `PgConnection` with one open) every method returns [`Error::AlreadyInTransaction`] and sends
+/// nothing: if the transaction aborted, PostgreSQL would refuse the guard's unlock until it ended,
+/// and the lock would outlive its guard. Use [`XactLockExt`](crate::XactLockExt) there.
 pub trait LockExt: Sized + sealed::Sealed {
     /// The guard that holds a lock taken through this type.
     type Guard;
@@ -212,17 +216,11 @@ pub(crate) async fn lock_on(
 ) -> Result<bool, Error> {
     let (lock, ms) = exec::lock_statement(Scope::Session, mode, wait, key, timeout)?;
     // Armed from here: the request may be on the wire once the statement is first polled (on a
-    // connection's first use, sqlx prepares it first; a cancellation then is treated the same).
+    // checkout's first use, sqlx prepares it first; a cancellation then is treated the same).
     *armed = true;
-    let res = if let (Some(timeout), Some(ms), true) = (timeout, ms, conn.is_in_transaction()) {
-        exec::savepoint_attempt(conn, Scope::Session, mode, key, timeout, ms)
-            .await
-            .map(|()| true)
-    } else {
-        exec::fetch_bool(conn, lock, key, ms)
-            .await
-            .map_err(|e| classify(e, key, timeout))
-    };
+    let res = exec::fetch_bool(conn, lock, key, ms)
+        .await
+        .map_err(|e| classify(e, key, timeout));
     match res {
         Ok(true) => {
             prepare_unlock(conn, mode, key).await;
@@ -287,11 +285,37 @@ async fn acquire(
     wait: Wait,
     timeout: Option<Duration>,
 ) -> Result<Option<LockGuard<'_>>, Error> {
-    let mut in_flight = InFlight { key, armed: false };
-    let locked = lock_on(conn, &mut in_flight.armed, key, mode, wait, timeout).await;
-    // Granted: from here on the guard is responsible.
-    in_flight.armed = false;
-    Ok(locked?.then(|| LockGuard::new(conn, key, mode)))
+    // A session lock inside a transaction could outlive its guard: if the transaction aborts,
+    // PostgreSQL refuses the guard's unlock until the transaction ends, and nothing of sqlx's
+    // public API runs a statement after that. Refused, nothing sent.
+    if conn.is_in_transaction() {
+        return Err(Error::AlreadyInTransaction { key });
+    }
+    let (lock, _) = exec::lock_statement(Scope::Session, mode, wait, key, timeout)?;
+    // Answers still owed (a failed or cancelled query) are read first, and the statement is made
+    // ready in the cache (no I/O after the first use): then the lock statement's first poll puts
+    // it in the write buffer at once, so `armed` means exactly "the request may be out".
+    exec::drain(conn)
+        .await
+        .map_err(|e| classify(e, key, timeout))?;
+    exec::prepare(conn, lock)
+        .await
+        .map_err(|e| classify(e, key, timeout))?;
+    let mut acquiring = Acquiring::new(conn, key, mode);
+    let (conn, armed) = acquiring.parts();
+    let locked = lock_on(conn, armed, key, mode, wait, timeout).await;
+    // A failed request is disarmed by `lock_on` when it cannot have left a hold (a refusal, a
+    // timeout checked with `held`); otherwise dropping `acquiring` queues the undo.
+    let locked = match locked {
+        Ok(locked) => locked,
+        Err(e) => {
+            drop(acquiring);
+            return Err(e);
+        }
+    };
+    // Decided: from here on the guard, if any, is responsible.
+    let conn = acquiring.finish();
+    Ok(locked.then(|| LockGuard::new(conn, key, mode)))
 }
 
 /// A waiting acquire either grants the lock or fails; `None` only comes from a `try_`.

@@ -1,6 +1,7 @@
 //! How statements reach the server: prepared lock/unlock statements, the savepoint batch, the
 //! drop-time queued unlock, and discarding a pooled connection safely with or without a runtime.
 
+use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -109,45 +110,84 @@ pub(crate) async fn advisory_locks(conn: &mut PgConnection) -> Result<Vec<LockIn
     Ok(out)
 }
 
-/// The drop-time release of a borrowed guard: put the unlock on the wire **now**, without awaiting
-/// its reply, so the server runs it at once and the connection's next use consumes the reply.
+/// What [`queue`] did with a statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// In the connection's write buffer or on the wire; the connection's next use (or a pool's
+    /// release check) reads its answer, and a failure there closes a pooled connection.
+    Yes,
+    /// It could not be queued, or it (or an earlier pending answer) failed: the connection is
+    /// broken or in a state where the statement cannot run.
+    No,
+}
+
+/// Put a simple-protocol statement on the connection **now**, behind whatever the connection is
+/// still waiting for, without awaiting its answer: the drop-time release of a guard, and the undo
+/// of a cancelled acquire.
 ///
-/// sqlx has no public "queue a statement" call (its own `PgAdvisoryLockGuard` uses the crate-private
-/// `queue_simple_query`). The same effect through public API: an unprepared `execute` polled
-/// exactly once. On its first poll, on an idle connection, sqlx-postgres
-/// (`connection/executor.rs`, `PgConnection::run`) returns from `wait_until_ready` at once, writes
-/// the `Query` message and increments `pending_ready_for_query_count` (`queue_simple_query`), then
-/// flushes; the future is then dropped while awaiting the reply. Every later use of the connection
-/// starts with `wait_until_ready`, which reads and discards that reply up to its `ReadyForQuery`.
-/// A flush cut short (socket buffer full) leaves the rest in sqlx's write buffer, which the next use
-/// flushes first (`BufferedSocket::flush` consumes only what was written).
+/// sqlx's own `PgAdvisoryLockGuard` does this with the crate-private `queue_simple_query`. The one
+/// public path to that call is `Connection::begin_with(statement)` (`Transaction::begin` ->
+/// `PgTransactionManager::begin`), which at transaction depth 0 queues the statement **before**
+/// its first await (sqlx-postgres `transaction.rs`: `queue_simple_query(statement)`, then
+/// `wait_until_ready().await`). So the statement is written
+/// even when the connection still awaits earlier answers (a failed query's `ReadyForQuery`, a
+/// dropped `Transaction`'s queued `ROLLBACK`, another guard's queued unlock), which polling
+/// `Connection::flush` first could not do. It is polled exactly once with a no-op waker; dropping
+/// it then leaves the message queued (`pending_ready_for_query_count` counts it, so every later use
+/// of the connection, and the pool's release `ping`, reads its answer first). sqlx's `Rollback`
+/// guard and the half-built `Transaction` in that future do nothing at depth 0 (`start_rollback`
+/// only acts at depth > 0). If that one poll happens to read every answer
+/// including ours, it ends in `BeginFailed` (the session is outside a transaction, as expected).
 ///
-/// "Idle" is checked first by polling `Connection::flush` (sqlx's `wait_until_ready`) once: if the
-/// connection still awaits the reply of an earlier request (a query future on it was cancelled),
-/// the unlock cannot be queued behind it through public API. Returns whether it was queued.
-pub(crate) fn queue_unlock(conn: &mut PgConnection, mode: Mode, key: Key) -> bool {
+/// At transaction depth > 0 `begin` refuses a custom statement without sending anything, so this
+/// returns [`Queued::No`]; no guard of this crate is created at depth > 0 (session locks inside a
+/// transaction are refused), and a `Transaction` opened on a guard ends before the guard does.
+pub(crate) fn queue(conn: &mut PgConnection, statement: String, key: Key) -> Queued {
+    if conn.is_in_transaction() {
+        tracing::warn!(%key, "cannot queue the advisory-lock statement: the connection is inside a sqlx transaction (was a Transaction leaked with mem::forget?)");
+        return Queued::No;
+    }
     let mut cx = Context::from_waker(Waker::noop());
-    // Tokio's cooperative budget could make the socket write return Pending for no I/O reason.
-    match pin!(tokio::task::unconstrained(conn.flush())).poll(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(error)) => {
-            tracing::warn!(%key, %error, "advisory lock guard dropped on a broken connection; the server releases its locks when the session ends");
-            return false;
+    let begin = conn.begin_with(AssertSqlSafe(statement));
+    // Tokio's cooperative budget could make the socket write return Pending for no I/O reason;
+    // what is not written stays in sqlx's write buffer and goes out first on the next use.
+    match pin!(tokio::task::unconstrained(begin)).poll(&mut cx) {
+        Poll::Pending | Poll::Ready(Err(sqlx::Error::BeginFailed)) => Queued::Yes,
+        Poll::Ready(Ok(tx)) => {
+            // Only if the session was inside a transaction sqlx did not open (a raw `BEGIN`
+            // through `execute`, unsupported with guards): the statement ran there. Dropping this
+            // `Transaction` would queue a ROLLBACK of the caller's transaction; forgetting it
+            // (it owns no heap memory: a borrowed connection and a flag) leaves sqlx counting
+            // that transaction, which is what the server is in.
+            tracing::warn!(%key, "advisory-lock statement ran inside a transaction opened with raw SQL; sqlx now counts that transaction");
+            std::mem::forget(tx);
+            Queued::Yes
         }
-        Poll::Pending => {
-            tracing::warn!(%key, "advisory lock guard dropped while its connection was still busy with an earlier, cancelled request: the unlock could not be queued and the lock stays with the session until it is unlocked or the connection is closed");
-            return false;
+        Poll::Ready(Err(error)) => {
+            tracing::warn!(%key, %error, "queueing the advisory-lock statement failed (or an earlier pending answer did)");
+            Queued::No
         }
     }
-    let unlock = AssertSqlSafe(sql::unlock_literal(mode, key));
-    match pin!(tokio::task::unconstrained(conn.execute(unlock))).poll(&mut cx) {
-        Poll::Pending | Poll::Ready(Ok(_)) => {
-            tracing::debug!(%key, "advisory lock guard dropped: unlock sent");
-            true
-        }
-        Poll::Ready(Err(error)) => {
-            tracing::warn!(%key, %error, "advisory lock guard dropped: sending the unlock failed");
-            false
+}
+
+/// The drop-time release of a guard: [`queue`] the unlock of one hold.
+pub(crate) fn queue_unlock(conn: &mut PgConnection, mode: Mode, key: Key) -> Queued {
+    let queued = queue(conn, sql::unlock_literal(mode, key), key);
+    tracing::debug!(%key, mode = mode.as_str(), ?queued, "advisory lock guard dropped: unlock queued");
+    queued
+}
+
+/// Read and discard every answer the connection still owes (a cancelled query's rows or error,
+/// a queued unlock's result), so that what is sent next gets its own answer. Errors that belong to
+/// those earlier requests are skipped; a connection-level error is returned.
+pub(crate) async fn drain(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    loop {
+        match conn.flush().await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::Error::Database(error)) => {
+                tracing::debug!(%error, "discarded the error answer of an earlier request");
+            }
+            Err(error) => return Err(error),
         }
     }
 }
@@ -236,17 +276,54 @@ impl Drop for CloseUnlessKept {
     }
 }
 
-/// Marks a lock request in flight on a borrowed connection; dropping it armed (the acquire future
-/// was cancelled after the request went out) logs what that means.
-pub(crate) struct InFlight {
-    pub(crate) key: Key,
-    pub(crate) armed: bool,
+/// A session-scope acquire in flight on a borrowed connection. Armed only once the connection is
+/// idle and the lock statement is prepared, right before the statement's first poll (which writes
+/// it synchronously); dropped armed (the acquire was cancelled, or its post-timeout check failed),
+/// it queues [`sql::unlock_if_held_literal`] behind the request: the hold the request added, if
+/// any, is released as soon as the server has answered it, and nothing else is touched.
+pub(crate) struct Acquiring<'c> {
+    conn: Option<&'c mut PgConnection>,
+    key: Key,
+    mode: Mode,
+    armed: bool,
 }
 
-impl Drop for InFlight {
+impl<'c> Acquiring<'c> {
+    pub(crate) fn new(conn: &'c mut PgConnection, key: Key, mode: Mode) -> Self {
+        Acquiring {
+            conn: Some(conn),
+            key,
+            mode,
+            armed: false,
+        }
+    }
+
+    /// The connection and the armed flag, borrowed together.
+    pub(crate) fn parts(&mut self) -> (&mut PgConnection, &mut bool) {
+        (
+            self.conn
+                .as_mut()
+                .expect("connection present until finished"),
+            &mut self.armed,
+        )
+    }
+
+    /// The request is decided and left no hold that is not accounted for: give the connection
+    /// back without queueing anything.
+    pub(crate) fn finish(mut self) -> &'c mut PgConnection {
+        self.conn.take().expect("connection present until finished")
+    }
+}
+
+impl Drop for Acquiring<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            tracing::warn!(key = %self.key, "advisory lock acquire cancelled after the request may have been sent on a borrowed connection: the server completes it, and if it is granted the lock stays with that session (no guard exists to release it) until unlocked or the connection is closed; use the PgPool methods for cancel-safe acquires");
+        if let (true, Some(conn)) = (self.armed, self.conn.as_mut()) {
+            tracing::debug!(key = %self.key, "advisory lock acquire cancelled after its request went out: queueing its undo");
+            queue(
+                conn,
+                sql::unlock_if_held_literal(self.mode, self.key),
+                self.key,
+            );
         }
     }
 }

@@ -23,11 +23,16 @@ use crate::exec;
 ///   `SELECT pg_advisory_unlock(..)` with the integer key, sent during `drop`), without waiting: the
 ///   server runs it at once, and the connection's next use reads and discards its reply. Also on
 ///   panic unwinding, and with or without a runtime.
-/// * One case cannot be handled through sqlx's public API: if the connection is still awaiting the
-///   reply of an earlier request when the guard is dropped (a query future on it was cancelled),
-///   the unlock cannot be queued behind it; a `tracing` warning is emitted and the lock stays with
-///   the session until it is unlocked or the connection is closed. The pool guard
-///   ([`PoolLockGuard`](crate::PoolLockGuard)) has no such case.
+/// * This holds in every state the connection can be in at drop time: idle, still owing the
+///   answer of a failed or cancelled query, behind a dropped `Transaction`'s queued `ROLLBACK`,
+///   behind another guard's queued unlock. The unlock is queued behind whatever is pending (as
+///   sqlx's own `PgAdvisoryLockGuard` does) and runs before the connection's next statement is
+///   answered; a `PoolConnection` returned to its pool is checked by sqlx (a `ping` that reads
+///   every pending answer) and closed if the unlock failed.
+/// * A guard is never created inside a transaction (session locks there are refused with
+///   [`Error::AlreadyInTransaction`]); a `Transaction` opened on the guard ends before the guard
+///   does, so the unlock never runs inside an aborted transaction. Opening a transaction with raw
+///   SQL (`execute("BEGIN")`) on a guarded connection is not supported.
 ///
 /// PostgreSQL locks are re-entrant: two guards for the same key on one connection are two holds,
 /// and each guard releases one.
@@ -74,17 +79,22 @@ impl<'c> LockGuard<'c> {
     /// `pg_advisory_unlock_all()` or an extra unlock on this connection).
     ///
     /// # Cancel safety
-    /// Cancel safe: dropped before the unlock is sent, the guard's drop sends it; dropped after, the
-    /// server completes the unlock and the connection's next use reads the reply. (The unlock
-    /// statement was prepared by the acquire, so nothing else precedes it on the wire.)
+    /// Cancel safe: dropped before the unlock is written, the guard's drop queues it; dropped
+    /// after, the server completes the unlock and the connection's next use reads the reply.
     pub async fn release(mut self) -> Result<(), Error> {
         let (key, mode) = (self.key, self.mode);
         let sql = sql::unlock_sql(mode, key.space());
+        // Idle first (answers still owed are read), the unlock prepared: then its first poll puts
+        // it in the write buffer at once, which is when the guard stops being responsible.
+        exec::drain(self.conn)
+            .await
+            .map_err(|e| classify(e, key, None))?;
         exec::prepare(self.conn, sql)
             .await
             .map_err(|e| classify(e, key, None))?;
+        let unlock = exec::fetch_bool(self.conn, sql, key, None);
         self.state = State::Releasing;
-        let unlocked = exec::fetch_bool(self.conn, sql, key, None).await;
+        let unlocked = unlock.await;
         self.state = State::Released;
         match unlocked {
             Ok(true) => {

@@ -41,13 +41,12 @@
 //! * **A lock never outlives its guard on a pooled connection**, whether the guard is released,
 //!   dropped, dropped during a panic, dropped outside any runtime, or the acquire future is
 //!   cancelled: see [`PoolLockGuard`] and [`LockExt`]'s `# Cancel safety`.
-//! * On a borrowed connection the guard's drop sends the unlock at once ([`LockGuard`]); an
-//!   acquire cancelled *after* its request went out cannot be withdrawn through sqlx's API, so the
-//!   **`PgPool` methods are the cancel-safe ones**.
+//! * On a borrowed connection the guard's drop queues the unlock at once, behind whatever the
+//!   connection still owes ([`LockGuard`]); a cancelled acquire queues its own undo. Session
+//!   locks are refused inside a transaction ([`Error::AlreadyInTransaction`]).
 //! * Timeouts are server-side (`lock_timeout`), one round trip, and leave the session's
 //!   `lock_timeout` and the caller's transaction as they were.
 //! * Transaction-scope calls outside a transaction return [`Error::NotInTransaction`].
-//! * Session locks are not transactional: one taken inside a transaction survives its rollback.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]

@@ -24,11 +24,13 @@ use crate::exec::{self, CloseUnlessKept};
 /// A pooled connection is never handed to the next user holding the lock:
 /// * [`release`](Self::release) sends the unlock, waits for the server's answer, and returns the
 ///   connection to the pool; if it fails (or is cancelled mid-way) the connection is closed.
-/// * **Drop** without `release()` (also on panic unwinding), inside a tokio runtime: a task is
-///   spawned that sends the unlock and then returns the connection to the pool. If the unlock
-///   fails or the server says the lock was not held, or the task is dropped unfinished (runtime
-///   shutting down), the connection is closed instead (`PoolConnection::close_on_drop`), which
-///   ends the session and so releases its locks.
+/// * **Drop** without `release()` (also on panic unwinding), inside a tokio runtime: the unlock is
+///   queued on the connection at once, behind whatever it still owes (a failed query's answer, a
+///   dropped `Transaction`'s `ROLLBACK`), and the connection is returned; sqlx's release check
+///   (a `ping` that reads every pending answer) runs before it is idle in the pool again and
+///   closes it if the unlock failed. If it cannot be queued (broken connection), or the runtime is
+///   shutting down (sqlx's return task never runs), the connection is closed, which ends the
+///   session and so releases its locks.
 /// * **Drop outside any runtime**: the connection is detached from the pool and its socket closed
 ///   at once (the server ends the session and releases the lock); no panic, although sqlx's own
 ///   `PoolConnection` drop spawns a task and would panic without a runtime.
@@ -74,6 +76,11 @@ impl PoolLockGuard {
             .expect("connection present while the guard lives");
         let mut held = CloseUnlessKept::new(conn, key, true);
         let sql = sql::unlock_sql(mode, key.space());
+        // Answers still owed by the connection (a failed query's) are read first, so the unlock
+        // gets its own answer.
+        exec::drain(held.conn())
+            .await
+            .map_err(|e| classify(e, key, None))?;
         match exec::fetch_bool(held.conn(), sql, key, None).await {
             Ok(true) => {
                 drop(held.keep());
@@ -96,37 +103,23 @@ impl PoolLockGuard {
     }
 }
 
-async fn release_in_background(held: CloseUnlessKept, key: Key, mode: Mode) {
-    let mut held = held;
-    match exec::fetch_bool(held.conn(), sql::unlock_sql(mode, key.space()), key, None).await {
-        Ok(true) => {
-            drop(held.keep());
-            tracing::debug!(%key, "dropped pool guard: lock released, connection returned to the pool");
-        }
-        Ok(false) => {
-            tracing::warn!(%key, "dropped pool guard: the server says the lock was not held; closing the connection");
-        }
-        Err(error) => {
-            tracing::warn!(%key, %error, "dropped pool guard: unlock failed; closing the connection");
-        }
-    }
-}
-
 impl Drop for PoolLockGuard {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let (key, mode) = (self.key, self.mode);
-        let held = CloseUnlessKept::new(conn, key, true);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(release_in_background(held, key, mode));
-            }
-            Err(_) => {
-                tracing::warn!(%key, "pool guard dropped outside a tokio runtime: closing its connection (the server releases the lock when the session ends)");
-                drop(held);
-            }
+        let key = self.key;
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!(%key, "pool guard dropped outside a tokio runtime: closing its connection (the server releases the lock when the session ends)");
+            exec::discard(conn);
+            return;
+        }
+        // Queued behind whatever the connection still owes; sqlx's release check (`ping`, which
+        // reads every pending answer) runs before the connection is idle in the pool again, and
+        // closes it if the unlock failed.
+        match exec::queue_unlock(&mut conn, self.mode, key) {
+            exec::Queued::Yes => drop(conn),
+            exec::Queued::No => exec::discard(conn),
         }
     }
 }

@@ -160,11 +160,13 @@ async fn cancelled_transaction_lock_attempts_never_leak_a_lock() {
     }
 }
 
-/// Documented limitation: on a borrowed connection an acquire cancelled after its request went
-/// out is completed by the server, and the session ends up holding the lock with no guard. The
-/// connection itself stays usable.
+/// On a borrowed connection an acquire cancelled after its request went out queues its undo
+/// behind it (`unlock if held`): when the server grants the request, the hold is released before
+/// the connection's next statement is answered, and that statement gets its own answer. A second
+/// guard's hold of the same key on the same session is untouched (the undo releases only the
+/// hold the cancelled request added).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_acquire_on_a_borrowed_connection_completes_on_the_server() {
+async fn cancelled_acquire_on_a_borrowed_connection_leaves_no_lock() {
     let key = unique_key();
     let mut holder = conn().await;
     let h = holder.advisory_lock(key).await.unwrap();
@@ -175,21 +177,44 @@ async fn cancelled_acquire_on_a_borrowed_connection_completes_on_the_server() {
         _ = wait_for_waiter(key, c_pid) => {} // the acquire future is dropped here, mid-wait
     }
     h.release().await.unwrap();
-    wait_until(&[key], SOON, "the cancelled request granted", move |r| {
-        r.iter().any(|l| l.pid == c_pid && l.granted)
-    })
+    // granted, then undone by the queued unlock, without any further use of `c`
+    wait_until(
+        &[key],
+        SOON,
+        "the cancelled request granted and undone",
+        |r| r.is_empty(),
+    )
     .await;
-    // the connection's next query reads past the stale reply and gets its own result
     let v: i32 = sqlx::query_scalar("SELECT 7")
         .fetch_one(&mut c)
         .await
         .unwrap();
-    assert_eq!(v, 7);
-    assert_eq!(own_locks(&mut c).await, 1);
-    sqlx::query(advisory_common::sql::UNLOCK_ALL)
-        .execute(&mut c)
-        .await
-        .unwrap();
+    assert_eq!(v, 7, "the next query gets its own answer");
+    assert_eq!(own_locks(&mut c).await, 0);
+
+    // with a hold of the same key by a guard on the same session: cancelled nested acquires (at
+    // their first or second Pending) leave exactly that hold
+    let mut g = c.advisory_lock(key).await.unwrap();
+    for polls in [1, 2, 1, 2] {
+        let mut fut = Box::pin((&mut *g).advisory_lock(key));
+        for _ in 0..polls {
+            if futures::poll!(fut.as_mut()).is_ready() {
+                break; // granted (then released by the nested guard's drop)
+            }
+        }
+        drop(fut);
+        let v: i32 = sqlx::query_scalar("SELECT 9")
+            .fetch_one(&mut *g)
+            .await
+            .unwrap();
+        assert_eq!(v, 9);
+        let rows = granted(key).await;
+        assert!(
+            rows.len() == 1 && rows[0].pid == c_pid,
+            "the guard's own hold must survive: {rows:?}"
+        );
+    }
+    g.release().await.expect("exactly one hold left to release");
     assert_no_locks(&[key], SOON).await;
 }
 

@@ -103,12 +103,6 @@ async fn timed_attempts_inside_a_transaction_keep_it_usable_and_its_lock_timeout
     assert_timeout(tx.xact_lock_timeout(key, T).await, key, started);
     let started = Instant::now();
     assert_timeout(tx.xact_lock_shared_timeout(key, T).await, key, started);
-    let started = Instant::now();
-    assert_timeout(
-        tx.advisory_lock_timeout(key, T).await.map(drop),
-        key,
-        started,
-    );
     assert!(!tx.try_xact_lock(key).await.unwrap());
     assert!(!tx.try_xact_lock_shared(key).await.unwrap());
     assert_eq!(show_lock_timeout(&mut tx).await, "7s");
@@ -303,25 +297,4 @@ async fn timed_acquires_racing_their_timeout_never_leak_on_a_pool() {
     })
     .await;
     assert_eq!(p.size(), 1, "the pool still has its connection");
-}
-
-/// Inside a transaction the attempt runs in a savepoint; rolling it back does not release a session
-/// lock granted in the race.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timed_acquires_racing_their_timeout_never_leak_in_a_transaction() {
-    let key = unique_key();
-    let mut c = conn().await;
-    let mut tx = c.begin().await.unwrap();
-    race_their_timeouts("Transaction", key, async |step| match step {
-        Step::Attempt(t, false) => tx.advisory_lock_timeout(key, t).await?.release().await,
-        Step::Attempt(t, true) => {
-            tx.advisory_lock_shared_timeout(key, t)
-                .await?
-                .release()
-                .await
-        }
-        Step::UnlockAll => unlock_all(&mut tx).await,
-    })
-    .await;
-    tx.commit().await.unwrap();
 }

@@ -89,26 +89,40 @@ async fn outside_a_transaction_nothing_is_sent() {
     ));
 }
 
-/// Session locks are not transactional. (`mem::forget` keeps the hold across the rollback without a
-/// guard: a `LockGuard` borrows the transaction, so it cannot outlive `rollback()`.)
+/// A session lock inside a transaction is refused, nothing sent: if the transaction aborted, the
+/// guard's unlock would be refused by the server until the transaction ended, and the lock would
+/// outlive its guard. The transaction stays usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_locks_taken_inside_a_transaction_survive_its_rollback() {
+async fn session_locks_are_refused_inside_a_transaction() {
     let mut c = conn().await;
     let my_pid = pid(&mut c).await;
-    let (k1, k2) = (unique_key(), unique_key());
+    let key = unique_key();
     let mut tx = c.begin().await.unwrap();
-    std::mem::forget(tx.advisory_lock(k1).await.unwrap());
-    // the timed acquire inside a transaction (savepoint path) also takes a session lock
-    std::mem::forget(tx.advisory_lock_timeout(k2, SOON).await.unwrap());
-    tx.rollback().await.unwrap();
-    let rows = wait_until(&[k1, k2], SOON, "both session locks", |r| r.len() == 2).await;
-    assert!(
-        rows.iter().all(|r| r.pid == my_pid && r.granted),
-        "{rows:?}"
-    );
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut c)
+    sqlx::query("SELECT 'marker-before-session-lock'")
+        .execute(&mut *tx)
         .await
         .unwrap();
-    assert_no_locks(&[k1, k2], SOON).await;
+    for res in [
+        tx.advisory_lock(key).await.map(drop),
+        tx.advisory_lock_shared(key).await.map(drop),
+        tx.try_advisory_lock(key).await.map(drop),
+        tx.advisory_lock_timeout(key, SOON).await.map(drop),
+    ] {
+        assert!(
+            matches!(res, Err(Error::AlreadyInTransaction { key: k }) if k == key),
+            "{res:?}"
+        );
+    }
+    // the server's last statement for this session is still the marker: nothing was sent
+    let mut observer = conn().await;
+    let last: String = sqlx::query("SELECT query FROM pg_stat_activity WHERE pid = $1")
+        .bind(my_pid)
+        .fetch_one(&mut observer)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, "SELECT 'marker-before-session-lock'");
+    tx.xact_lock(key).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_no_locks(&[key], SOON).await;
 }
