@@ -445,6 +445,47 @@ pub fn all_statements() -> Vec<(String, usize)> {
     out
 }
 
+/// A session-scope acquire as a self-contained simple-protocol statement, with the key (and the
+/// milliseconds of a timed wait) written as integers: [`lock_sql`] for [`Scope::Session`] with its
+/// parameters filled in. For an adapter that must know the acquire is on its way to the server the
+/// moment it hands it to the driver, which a simple query guarantees and a statement that may still
+/// have to be prepared does not (diesel-async: a borrowed acquire while another guard of the
+/// process holds the key in that mode). `timeout_ms` is used for [`Wait::Timeout`] only. Only
+/// integers are spliced.
+///
+/// ```
+/// use advisory_common::{Key, sql::{session_lock_literal, Mode, Wait}};
+/// assert_eq!(
+///     session_lock_literal(Mode::Exclusive, Wait::Block, Key::BigInt(-5), None),
+///     "SELECT pg_advisory_lock(-5)"
+/// );
+/// assert_eq!(
+///     session_lock_literal(Mode::Shared, Wait::Try, Key::Pair(1, 2), None),
+///     "SELECT pg_try_advisory_lock_shared(1, 2)"
+/// );
+/// let timed = session_lock_literal(Mode::Exclusive, Wait::Timeout, Key::BigInt(7), Some(250));
+/// assert!(timed.contains("pg_advisory_lock(7)"));
+/// assert!(timed.contains("set_config('lock_timeout', '250', true)"));
+/// ```
+pub fn session_lock_literal(mode: Mode, wait: Wait, key: Key, timeout_ms: Option<i32>) -> String {
+    let mut s = String::with_capacity(if timeout_ms.is_some() { 320 } else { 48 });
+    match (wait, timeout_ms) {
+        (Wait::Try, _) => {
+            let f = function_name(Scope::Session, mode, Wait::Try);
+            match key {
+                Key::BigInt(k) => write!(s, "SELECT {f}({k})"),
+                Key::Pair(k1, k2) => write!(s, "SELECT {f}({k1}, {k2})"),
+            }
+            .expect("writing to a String cannot fail");
+        }
+        (Wait::Timeout, Some(ms)) => push_lock_literal(&mut s, Scope::Session, mode, key, Some(ms)),
+        (Wait::Block | Wait::Timeout, _) => {
+            push_lock_literal(&mut s, Scope::Session, mode, key, None)
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

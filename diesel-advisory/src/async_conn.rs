@@ -1,21 +1,20 @@
 //! Session-scope locks for diesel-async's `AsyncPgConnection`: [`AsyncLockExt`].
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use advisory_common::sql::{self, Mode, SAVEPOINT_ROLLBACK, Scope};
+use advisory_common::sql::{self, Mode, Scope};
 use advisory_common::{Key, LockInfo};
-use diesel_async::{
-    AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
-    TransactionManager,
-};
+use diesel_async::AsyncPgConnection;
 
 use crate::Error;
+use crate::async_exec::{
+    after_timeout, batch_then, held, lock, locks, mark_broken, queue, session_allowed,
+    transaction_unsettled,
+};
 use crate::async_guard::AsyncLockGuard;
-use crate::request::{How, Request, async_lock_methods, granted, held_stmt, unlock_stmt};
-use crate::stmt::{LocksRow, decode_locks, locks_stmt};
+use crate::holds;
+use crate::request::{Failed, How, Request, async_lock_methods, granted};
 
 /// Session-scope advisory locks for diesel-async.
 ///
@@ -27,7 +26,11 @@ use crate::stmt::{LocksRow, decode_locks, locks_stmt};
 /// `Send`.
 ///
 /// A session lock is held until its guard releases it or the session ends; COMMIT and ROLLBACK
-/// do not release it.
+/// do not release it. It is taken **outside transactions only**: called while diesel-async has a
+/// transaction open on the connection (or cannot tell, after a cancelled `BEGIN` / `COMMIT`),
+/// every method returns [`Error::AlreadyInTransaction`] (or `Error::Database(BrokenTransactionManager)`)
+/// without sending anything, because a guard could not release its lock inside a transaction that
+/// has aborted. Use [`AsyncXactLockExt`](crate::AsyncXactLockExt) inside transactions.
 ///
 /// # Cancel safety
 ///
@@ -42,13 +45,19 @@ use crate::stmt::{LocksRow, decode_locks, locks_stmt};
 ///   matching unlock is queued on the connection right behind the lock statement (handed to
 ///   tokio-postgres's connection task without waiting for an answer). The server runs them in
 ///   order: if the lock is granted — now, or later for a waiting acquire — it is released at once;
-///   if it was not granted, the unlock finds nothing to release (PostgreSQL only fails or refuses
-///   an acquire of a key this session does not already hold in that mode, so the queued unlock
-///   never takes away another hold). The connection stays usable; for a waiting
-///   `advisory_lock`, your next query on it runs after that wait ends. Limitation: a future
-///   dropped during the very first use of that statement text on this connection (while diesel is
-///   still preparing it) never sent the lock; if the session already holds the same key in the
-///   same mode through another guard, the queued unlock releases one of those holds early.
+///   if it was not granted, the unlock finds nothing to release. The connection stays usable; for
+///   a waiting `advisory_lock`, your next query on it runs after that wait ends.
+///
+///   The queued unlock never takes away another guard's hold (advisory locks are re-entrant: a
+///   session holding a key twice holds it for two guards). PostgreSQL only refuses or times out
+///   a request for a key the session does not hold in that mode, so an unlock behind a request
+///   that reached the server is exact. A request that never left (dropped while diesel-async was
+///   still preparing its statement) is only undone blindly when no other live guard of this
+///   process holds that key in that mode, so the session holds it through no guard. When one
+///   does, the acquire is sent as one simple-protocol statement, which is on its way to the server
+///   from the first poll, and the unlock is armed only then (a `try_` acquire then costs one more
+///   round trip, a `held` check). Locks taken with raw SQL on the same connection are not
+///   tracked: do not mix them with guards on the same key.
 ///
 /// ```
 /// use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -157,14 +166,16 @@ pub trait AsyncLockExt: Sized {
     ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send;
 
     /// Take `key` exclusively, waiting at most `timeout` (server-side `lock_timeout`, one round
-    /// trip; [`Error::Timeout`] after that; `lock_timeout` unchanged afterwards; inside a diesel
-    /// transaction the attempt runs in a savepoint so a timeout does not abort it).
+    /// trip; [`Error::Timeout`] after that; `lock_timeout` unchanged afterwards).
+    ///
+    /// A timeout is checked against `pg_locks` (PostgreSQL can grant the lock in the instant it
+    /// raises the timeout: the guard is then returned). If that check fails, the outcome is
+    /// unknown and the check's error is returned: a pool checkout is discarded, on a borrowed
+    /// connection the unlock is queued.
     ///
     /// # Cancel safety
     ///
-    /// As [`AsyncLockExt::advisory_lock`]. Inside a transaction, a future dropped after sending
-    /// may leave the transaction aborted (if the attempt timed out with nobody left to roll back
-    /// its savepoint): roll the transaction back.
+    /// As [`AsyncLockExt::advisory_lock`].
     ///
     /// ```
     /// # use std::time::Duration;
@@ -236,18 +247,51 @@ impl<'c> AsyncLockExt for &'c mut AsyncPgConnection {
     }
 }
 
-/// Queues the unlock behind a lock statement whose future was dropped (see the trait's
-/// `# Cancel safety`).
-struct QueueUnlockOnDrop<'c> {
-    conn: Option<&'c mut AsyncPgConnection>,
-    req: Request,
+/// The undo of a borrowed-connection acquire or release cut short (see the trait's
+/// `# Cancel safety`): dropped while it still has the connection, it queues the unlock of
+/// `(key, mode)` if `armed` (the acquire may have been sent, the release's unlock has not been),
+/// and marks the connection broken if diesel-async reports a transaction open or interrupted
+/// there (the unlock, queued or in flight, may then fail unseen). Whoever finishes normally takes
+/// `conn` out first.
+pub(crate) struct QueueUnlockOnDrop<'c> {
+    pub(crate) conn: Option<&'c mut AsyncPgConnection>,
+    pub(crate) key: Key,
+    pub(crate) mode: Mode,
+    pub(crate) armed: bool,
+}
+
+impl<'c> QueueUnlockOnDrop<'c> {
+    pub(crate) fn new(conn: &'c mut AsyncPgConnection, key: Key, mode: Mode, armed: bool) -> Self {
+        QueueUnlockOnDrop {
+            conn: Some(conn),
+            key,
+            mode,
+            armed,
+        }
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut AsyncPgConnection {
+        self.conn.as_deref_mut().expect("present until dropped")
+    }
+
+    /// The outcome is known and nothing is left to undo.
+    pub(crate) fn finish(&mut self) {
+        self.conn = None;
+    }
 }
 
 impl Drop for QueueUnlockOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            tracing::warn!(key = %self.req.key, "advisory lock acquire cancelled after sending; queueing the matching unlock behind it");
-            queue(conn, &sql::unlock_literal(self.req.mode, self.req.key));
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.armed {
+            tracing::warn!(key = %self.key, "advisory lock call on a borrowed connection cancelled (or of unknown outcome); queueing the matching unlock");
+            queue(conn, &sql::unlock_literal(self.mode, self.key));
+        }
+        if transaction_unsettled(conn) {
+            tracing::warn!(key = %self.key, "advisory unlock cut short while diesel-async reports a transaction open or interrupted; marking the connection broken");
+            mark_broken(conn);
         }
     }
 }
@@ -257,131 +301,71 @@ async fn acquire_borrowed(
     req: Request,
 ) -> Result<Option<AsyncLockGuard<'_>>, Error> {
     req.millis()?;
-    let mut pending = QueueUnlockOnDrop {
-        conn: Some(conn),
-        req,
+    session_allowed(conn, &req)?;
+    let locked = if holds::holders(req.key, req.mode) == 0 {
+        lock_armed_early(conn, &req).await?
+    } else {
+        lock_armed_on_the_wire(conn, &req).await?
     };
-    let result = lock(
-        pending.conn.as_deref_mut().expect("armed"),
-        Scope::Session,
-        &req,
-    )
-    .await;
-    let conn = pending.conn.take().expect("armed");
-    Ok(result?.then(|| AsyncLockGuard::new(conn, req.key, req.mode)))
+    Ok(locked.then(|| AsyncLockGuard::new(conn, req.key, req.mode)))
 }
 
-/// diesel-async's own bookkeeping: how deep is the open transaction? No round trip.
-pub(crate) fn transaction_depth(conn: &mut AsyncPgConnection) -> Result<u32, Error> {
-    AnsiTransactionManager::transaction_manager_status_mut(conn)
-        .transaction_depth()
-        .map(|d| d.map_or(0, |d| d.get()))
-        .map_err(Error::Database)
-}
-
-/// Send one acquire; `Ok(true)` when granted.
-pub(crate) async fn lock(
-    conn: &mut AsyncPgConnection,
-    scope: Scope,
-    req: &Request,
-) -> Result<bool, Error> {
-    let ms = req.millis()?;
-    let result = match (req.how, ms) {
-        (How::Timeout(_), Some(ms)) if transaction_depth(conn)? > 0 => {
-            lock_in_savepoint(conn, scope, req, ms).await
-        }
-        _ => req
-            .lock_stmt(scope, ms)
-            .get_async(conn)
-            .await
-            .map_err(|e| req.classify(e)),
-    };
-    // 55P03 can come with the lock granted in the same instant; see `crate::conn::lock`.
-    let locked = match result {
-        Err(Error::Timeout { .. })
-            if scope == Scope::Session && held(conn, req.key, req.mode).await? =>
-        {
-            tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
-            true
-        }
-        other => other?,
-    };
-    tracing::debug!(key = %req.key, mode = req.mode.as_str(), ?scope, locked, "advisory lock");
-    Ok(locked)
-}
-
-async fn lock_in_savepoint(
-    conn: &mut AsyncPgConnection,
-    scope: Scope,
-    req: &Request,
-    ms: i32,
-) -> Result<bool, Error> {
-    match conn.batch_execute(&req.savepoint_batch(scope, ms)).await {
-        Ok(()) => {
-            tracing::debug!(key = %req.key, ?scope, "advisory lock (in savepoint)");
-            Ok(true)
-        }
-        Err(err) => {
-            if let Err(rollback) = conn.batch_execute(SAVEPOINT_ROLLBACK).await {
-                tracing::warn!(key = %req.key, error = %rollback, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
-                return Err(Error::Database(err));
-            }
-            Err(req.classify(err))
+/// No other live guard of the process holds the key in this mode, so the session holds it
+/// through none: the prepared statement, with the unlock armed before it may be sent (an unlock
+/// behind a request that never left finds nothing a guard owns).
+async fn lock_armed_early(conn: &mut AsyncPgConnection, req: &Request) -> Result<bool, Error> {
+    let mut pending = QueueUnlockOnDrop::new(conn, req.key, req.mode, true);
+    match lock(pending.conn(), Scope::Session, req).await {
+        // unknown outcome: `pending` queues the unlock (exact: see `Failed::maybe_held`)
+        Err(Failed {
+            error,
+            maybe_held: true,
+        }) => Err(error),
+        result => {
+            pending.finish();
+            result.map_err(|f| f.error)
         }
     }
 }
 
-/// Release one session-level hold: `Ok(false)` if the server says it was not held.
-pub(crate) async fn unlock(
+/// Another guard may hold the key in this mode on this very connection: one simple-protocol
+/// statement, with the unlock armed only once its first poll has put it on its way.
+async fn lock_armed_on_the_wire(
     conn: &mut AsyncPgConnection,
-    key: Key,
-    mode: Mode,
+    req: &Request,
 ) -> Result<bool, Error> {
-    let unlocked = unlock_stmt(key, mode)
-        .get_async(conn)
-        .await
-        .map_err(|e| crate::error::classify(e, key, None))?;
-    tracing::debug!(key = %key, mode = mode.as_str(), unlocked, "advisory unlock");
-    Ok(unlocked)
-}
-
-pub(crate) async fn held(
-    conn: &mut AsyncPgConnection,
-    key: Key,
-    mode: Mode,
-) -> Result<bool, Error> {
-    held_stmt(key, mode)
-        .get_async(conn)
-        .await
-        .map_err(|e| crate::error::classify(e, key, None))
-}
-
-pub(crate) async fn locks(conn: &mut AsyncPgConnection) -> Result<Vec<LockInfo>, Error> {
-    Ok(decode_locks(locks_stmt().load::<LocksRow>(conn).await?))
-}
-
-/// Mark the connection broken for diesel-async and its pools (`is_broken()` → bb8's
-/// `has_broken`, deadpool's `recycle`), and make `transaction()` fail with
-/// `BrokenTransactionManager`.
-pub(crate) fn mark_broken(conn: &mut AsyncPgConnection) {
-    AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
-}
-
-/// Hand a simple-protocol statement to the connection without waiting for its answer.
-///
-/// The first poll of diesel-async's `batch_execute` runs tokio-postgres's
-/// `simple_query::batch_execute` up to `InnerClient::send`, an `unbounded_send` into the channel
-/// of the connection's background task; nothing before it awaits. Dropping the future then only
-/// drops the response receiver: the background task still writes the request, and discards the
-/// answer (`Connection::poll_read` keeps paging through responses whose receiver hung up). So the
-/// statement runs, in order after everything sent before it, as long as the connection lives.
-pub(crate) fn queue(conn: &AsyncPgConnection, sql: &str) {
-    let mut shared = conn;
-    let fut = pin!(SimpleAsyncConnection::batch_execute(&mut shared, sql));
-    match fut.poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Err(e)) => {
-            tracing::warn!(error = %e, sql, "could not queue statement; the connection is closed (its session and locks are gone)");
+    let sql = req.session_literal()?;
+    let mut pending = QueueUnlockOnDrop::new(conn, req.key, req.mode, false);
+    let sent = {
+        let QueueUnlockOnDrop { conn, armed, .. } = &mut pending;
+        let conn = conn.as_deref_mut().expect("present until dropped");
+        batch_then(conn, &sql, || *armed = true).await
+    };
+    let outcome = match (sent.map_err(|e| req.classify(e)), req.how) {
+        // the statement's answer is not returned by a simple query: ask `pg_locks` (after a
+        // refused try the session does not hold the key in that mode at all, see above)
+        (Ok(()), How::Try) => held(pending.conn(), req.key, req.mode)
+            .await
+            .map_err(|error| Failed {
+                error,
+                maybe_held: true,
+            }),
+        (Ok(()), _) => Ok(true),
+        (Err(Error::Timeout { key, timeout }), _) => after_timeout(pending.conn(), req)
+            .await
+            .and_then(|kept| kept.ok_or(Error::Timeout { key, timeout }.into())),
+        (Err(error), _) => Err(error.into()),
+    };
+    match outcome {
+        // unknown outcome: `pending` queues the unlock
+        Err(Failed {
+            error,
+            maybe_held: true,
+        }) => Err(error),
+        outcome => {
+            pending.finish();
+            tracing::debug!(key = %req.key, mode = req.mode.as_str(), ok = outcome.is_ok(), "advisory lock (simple protocol)");
+            outcome.map_err(|f| f.error)
         }
-        Poll::Ready(Ok(())) | Poll::Pending => {}
     }
 }

@@ -8,7 +8,9 @@ use advisory_common::sql::{self, Mode};
 use diesel_async::AsyncPgConnection;
 
 use crate::Error;
-use crate::async_conn::{held, mark_broken, queue, unlock};
+use crate::async_conn::QueueUnlockOnDrop;
+use crate::async_exec::{batch_then, held, mark_broken, queue, transaction_unsettled, unlock};
+use crate::holds::{self, Hold};
 
 /// A session lock held on a borrowed `AsyncPgConnection`, from
 /// [`AsyncLockExt`](crate::AsyncLockExt) on `&mut AsyncPgConnection`.
@@ -23,16 +25,32 @@ use crate::async_conn::{held, mark_broken, queue, unlock};
 /// * **Drop** cannot await. It hands `SELECT pg_advisory_unlock(<key>)` to the connection's
 ///   background task without waiting for the answer (one poll of `batch_execute`, see the
 ///   crate's source for why that reliably sends it). The server runs it right after whatever was
-///   sent before, so the lock is released promptly even if you never use the connection again,
-///   and your next query on the connection runs after it. Nobody sees the result: if the guard is
-///   dropped **inside a transaction that is already aborted** the unlock fails and the lock stays
-///   with the session until it ends. Release explicitly (or drop the guard outside the
-///   transaction) in that situation.
+///   sent before (a pending reply, a queued `ROLLBACK`, a nested guard's unlock), so the lock is
+///   gone before your next statement on the connection is answered, even if you never use the
+///   connection again; nobody sees the unlock's answer, and it never answers one of yours. Without
+///   a runtime (or after it shut down) the connection's task is gone, and with it the session and
+///   its locks.
+/// * A guard can find its connection inside a transaction when it is dropped: a diesel-async
+///   `transaction(..)` future on the guard was cancelled, or a transaction was begun through the
+///   `TransactionManager` by hand (session locks themselves are never taken inside one). If that
+///   transaction has aborted, PostgreSQL refuses the unlock. So whenever diesel-async reports a
+///   transaction open (or a `BEGIN` / `COMMIT` / `ROLLBACK` cancelled mid-flight), drop also
+///   **marks the connection broken**: bb8 and deadpool discard it (closing the session releases
+///   the lock), and `transaction()`, `commit` and `rollback` through diesel-async fail with
+///   `BrokenTransactionManager` instead of carrying on with a session that may hold the lock.
+///   A transaction opened with raw SQL (`batch_execute("BEGIN")`) is invisible to diesel-async,
+///   and so to this guard: do not drop a guard inside one.
+///
+/// # Cancel safety of `release`
+///
+/// Dropped before the unlock was sent, the release future queues it instead (as drop does);
+/// after that, the unlock runs anyway. Either way the lock is released exactly once.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct AsyncLockGuard<'c> {
     conn: Option<&'c mut AsyncPgConnection>,
     key: Key,
     mode: Mode,
+    _hold: Hold,
 }
 
 impl<'c> AsyncLockGuard<'c> {
@@ -41,6 +59,7 @@ impl<'c> AsyncLockGuard<'c> {
             conn: Some(conn),
             key,
             mode,
+            _hold: Hold::new(key, mode),
         }
     }
 
@@ -65,9 +84,11 @@ impl<'c> AsyncLockGuard<'c> {
     ///
     /// # Cancel safety
     ///
-    /// The unlock is sent on the first poll whenever diesel already has the statement prepared on
-    /// this connection (every time but the first); dropping the future after that does not stop
-    /// it. Dropped during the very first use, the lock stays held until the session ends.
+    /// Cancel safe: dropped at any await point, the lock is still released exactly once (the
+    /// unlock is queued if it had not been sent). When another live guard of the process holds
+    /// the same key in the same mode (possibly on this connection), the release asks `pg_locks`
+    /// first and then sends the unlock as one simple-protocol statement, one round trip more, so
+    /// that a queued unlock can never double the one already sent.
     ///
     /// ```
     /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -82,12 +103,43 @@ impl<'c> AsyncLockGuard<'c> {
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let conn = self.conn.take().expect("present until release/drop");
-        match unlock(conn, self.key, self.mode).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::NotHeld { key: self.key }),
+        let (key, mode) = (self.key, self.mode);
+        // armed: until the unlock is known to be on its way, a drop queues it
+        let mut pending = QueueUnlockOnDrop::new(conn, key, mode, true);
+        let unlocked = if holds::holders(key, mode) > 1 {
+            // another guard may hold (key, mode) on this session: a second unlock could take
+            // its hold, so the unlock must be known to be sent before it is disarmed
+            match held(pending.conn(), key, mode).await {
+                Ok(false) => Ok(false),
+                Ok(true) => {
+                    let QueueUnlockOnDrop { conn, armed, .. } = &mut pending;
+                    let conn = conn.as_deref_mut().expect("present until dropped");
+                    batch_then(conn, &sql::unlock_literal(mode, key), || *armed = false)
+                        .await
+                        .map(|()| true)
+                        .map_err(|e| crate::error::classify(e, key, None))
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            // no other guard holds (key, mode): a duplicate unlock would find nothing to take
+            let r = unlock(pending.conn(), key, mode).await;
+            pending.armed = false;
+            r
+        };
+        match unlocked {
+            Ok(true) => {
+                pending.finish();
+                Ok(())
+            }
+            Ok(false) => {
+                pending.finish();
+                Err(Error::NotHeld { key })
+            }
             Err(e) => {
-                tracing::warn!(key = %self.key, error = %e, "advisory unlock failed; marking the connection broken");
-                mark_broken(conn);
+                // `pending` queues the unlock if it was not sent (the `held` check failed)
+                tracing::warn!(key = %key, error = %e, "advisory unlock failed; marking the connection broken");
+                mark_broken(pending.conn());
                 Err(e)
             }
         }
@@ -99,6 +151,10 @@ impl Drop for AsyncLockGuard<'_> {
         if let Some(conn) = self.conn.take() {
             tracing::debug!(key = %self.key, "advisory lock guard dropped; unlock queued");
             queue(conn, &sql::unlock_literal(self.mode, self.key));
+            if transaction_unsettled(conn) {
+                tracing::warn!(key = %self.key, "advisory lock guard dropped while diesel-async reports a transaction open or interrupted; the queued unlock fails if that transaction has aborted, so the connection is marked broken (pools discard it)");
+                mark_broken(conn);
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use advisory_common::sql::{Mode, Scope};
 use diesel_async::AsyncPgConnection;
 
 use crate::Error;
-use crate::async_conn::{lock, transaction_depth};
+use crate::async_exec::{lock, transaction_depth};
 use crate::request::{How, Request};
 
 /// Transaction-scope advisory locks for diesel-async, for use inside
@@ -203,5 +203,7 @@ async fn xact(conn: &mut AsyncPgConnection, req: Request) -> Result<bool, Error>
     if transaction_depth(conn)? == 0 {
         return Err(Error::NotInTransaction { key: req.key });
     }
-    lock(conn, Scope::Transaction, &req).await
+    lock(conn, Scope::Transaction, &req)
+        .await
+        .map_err(|failed| failed.error)
 }

@@ -10,7 +10,7 @@ use diesel::result::Error as DieselError;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
 use crate::Error;
-use crate::async_conn::{mark_broken, queue, transaction_depth};
+use crate::async_exec::{mark_broken, queue, transaction_depth};
 use crate::request::{How, Request};
 
 /// The closure bound of diesel-async's `AsyncConnection::transaction`, restated: an async

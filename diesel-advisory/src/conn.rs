@@ -9,7 +9,7 @@ use diesel::{PgConnection, RunQueryDsl};
 
 use crate::Error;
 use crate::guard::LockGuard;
-use crate::request::{How, Request, granted, held_stmt, sync_lock_methods, unlock_stmt};
+use crate::request::{Failed, How, Request, granted, held_stmt, sync_lock_methods, unlock_stmt};
 use crate::stmt::{LocksRow, decode_locks, locks_stmt};
 
 /// Session-scope advisory locks for diesel's sync API.
@@ -20,9 +20,22 @@ use crate::stmt::{LocksRow, decode_locks, locks_stmt};
 /// autoref makes `conn.advisory_lock(k)` and `pool.advisory_lock(k)` both work.
 ///
 /// A session lock is held until the guard releases it ([`LockGuard::release`] or drop) or the
-/// session ends. It is **not** released by a transaction's COMMIT or ROLLBACK: a session lock taken
-/// inside a transaction that rolls back stays held. PostgreSQL's advisory locks are re-entrant: a
-/// session that takes the same key twice holds it twice and needs two releases (two guards).
+/// session ends; a transaction's COMMIT or ROLLBACK does not release it (a guard can be kept
+/// across a transaction opened on its connection, rolled back or not). PostgreSQL's advisory locks
+/// are re-entrant: a session that takes the same key twice holds it twice and needs two releases
+/// (two guards).
+///
+/// Session locks are taken **outside transactions only**. Called while diesel has a transaction
+/// open on the connection, every method returns [`Error::AlreadyInTransaction`] without sending
+/// anything: inside a transaction that then aborts, the guard could not release its lock
+/// (PostgreSQL refuses every statement there). Use [`XactLockExt`](crate::XactLockExt) inside
+/// transactions.
+///
+/// A timed acquire that times out is checked against `pg_locks` (PostgreSQL can grant the lock
+/// in the instant it raises the timeout; the guard is then returned). If that check itself fails,
+/// the acquire's outcome is unknown: on a borrowed connection the lock is unlocked again (or the
+/// connection marked broken if that fails too), an r2d2 checkout is discarded; either way the
+/// check's error is returned.
 ///
 /// # Cancel safety
 ///
@@ -120,8 +133,7 @@ pub trait LockExt: Sized {
     /// Take `key` exclusively, waiting at most `timeout` ([`Error::Timeout`] after that).
     ///
     /// The wait is enforced by the server (`lock_timeout`, one round trip) and the session's
-    /// `lock_timeout` is unchanged afterwards. Inside an open diesel transaction the attempt runs
-    /// in a savepoint, so a timeout does not abort your transaction.
+    /// `lock_timeout` is unchanged afterwards.
     ///
     /// # Cancel safety
     ///
@@ -190,7 +202,24 @@ impl<'c> LockExt for &'c mut PgConnection {
 }
 
 fn acquire_borrowed(conn: &mut PgConnection, req: Request) -> Result<Option<LockGuard<'_>>, Error> {
-    Ok(lock(conn, Scope::Session, &req)?.then(|| LockGuard::new(conn, req.key, req.mode)))
+    session_allowed(conn, &req)?;
+    match lock(conn, Scope::Session, &req) {
+        Ok(locked) => Ok(locked.then(|| LockGuard::new(conn, req.key, req.mode))),
+        Err(Failed {
+            error,
+            maybe_held: true,
+        }) => {
+            // A timed acquire that timed out never already held the key in that mode (a
+            // re-entrant request is granted at once), so this unlock can only release the grant
+            // of the instant of the timeout, never another guard's hold.
+            if let Err(e) = unlock(conn, req.key, req.mode) {
+                tracing::warn!(key = %req.key, error = %e, "could not undo a timed acquire of unknown outcome; marking the connection broken");
+                mark_broken(conn);
+            }
+            Err(error)
+        }
+        Err(failed) => Err(failed.error),
+    }
 }
 
 /// diesel's own bookkeeping: is a transaction (or savepoint) open? No round trip.
@@ -201,19 +230,29 @@ pub(crate) fn transaction_depth(conn: &mut PgConnection) -> Result<u32, Error> {
         .map_err(Error::Database)
 }
 
+/// Session locks are taken outside transactions only: inside one, a guard could not release its
+/// lock once the transaction is aborted ([`Error::AlreadyInTransaction`], nothing sent).
+pub(crate) fn session_allowed(conn: &mut PgConnection, req: &Request) -> Result<(), Error> {
+    if transaction_depth(conn)? > 0 {
+        return Err(Error::AlreadyInTransaction { key: req.key });
+    }
+    Ok(())
+}
+
 /// Send one acquire; `Ok(true)` when granted.
 ///
 /// PostgreSQL can report `lock_timeout` (55P03) for a wait that was granted in the same instant:
 /// `LockErrorCleanup` (src/backend/storage/lmgr/proc.c) keeps a lock granted while the timeout
 /// was being processed and the error is raised anyway. A transaction-level lock goes away with
-/// the failed statement (or the rolled-back savepoint), a session-level one stays. A waiting
-/// acquire only ever waits for a key this session does not hold in that mode, so after a
-/// session-scope timeout `held_sql` answers exactly "was it granted in that instant": if so, the
-/// lock is kept and reported as acquired.
-pub(crate) fn lock(conn: &mut PgConnection, scope: Scope, req: &Request) -> Result<bool, Error> {
+/// the rolled-back savepoint, a session-level one stays. A waiting acquire only ever waits for a
+/// key this session does not hold in that mode, so after a session-scope timeout `held_sql`
+/// answers exactly "was it granted in that instant": if so, the lock is kept and reported as
+/// acquired; if that check itself fails, [`Failed::maybe_held`] says so.
+pub(crate) fn lock(conn: &mut PgConnection, scope: Scope, req: &Request) -> Result<bool, Failed> {
     let ms = req.millis()?;
     let result = match (req.how, ms) {
-        (How::Timeout(_), Some(ms)) if transaction_depth(conn)? > 0 => {
+        // `xact` only calls this inside a transaction block: a savepoint keeps it usable
+        (How::Timeout(_), Some(ms)) if scope == Scope::Transaction => {
             lock_in_savepoint(conn, scope, req, ms)
         }
         _ => req
@@ -222,9 +261,20 @@ pub(crate) fn lock(conn: &mut PgConnection, scope: Scope, req: &Request) -> Resu
             .map_err(|e| req.classify(e)),
     };
     let locked = match result {
-        Err(Error::Timeout { .. }) if scope == Scope::Session && held(conn, req.key, req.mode)? => {
-            tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
-            true
+        Err(Error::Timeout { key, timeout }) if scope == Scope::Session => {
+            match held(conn, req.key, req.mode) {
+                Ok(true) => {
+                    tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
+                    true
+                }
+                Ok(false) => return Err(Error::Timeout { key, timeout }.into()),
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        maybe_held: true,
+                    });
+                }
+            }
         }
         other => other?,
     };

@@ -110,13 +110,15 @@ impl<C: DerefMut<Target = PgConnection>> fmt::Debug for Held<C> {
 ///   discard the connection at check-in (closing the session releases its locks) and
 ///   `transaction()` fails with `BrokenTransactionManager` instead of silently running on a
 ///   session that still holds the lock.
-/// * The typical way for the unlock to fail is dropping the guard **inside a transaction that is
-///   already aborted** (SQLSTATE `25P02`), e.g. `?` returning a query error from a
-///   `conn.transaction(..)` closure that took the guard. Then diesel skips the ROLLBACK (its
-///   transaction manager is broken), the server-side transaction stays open and aborted, and the
-///   lock stays held until the connection is closed: drop the connection (a pool does that for
-///   you). Take session locks *before* `transaction(..)`, or use
-///   [`XactLockExt`](crate::XactLockExt) inside it, and this cannot happen.
+/// * Session locks are never taken inside a transaction ([`Error::AlreadyInTransaction`]), but
+///   a guard can still be dropped inside one opened on its connection: by a panic inside
+///   `guard.transaction(..)` (diesel leaves that transaction open), or after a transaction begun
+///   through the `TransactionManager` by hand. If that transaction is still healthy the unlock
+///   runs inside it and your own ROLLBACK or COMMIT afterwards works as usual. If it has
+///   **aborted** (a statement failed; SQLSTATE `25P02`), PostgreSQL refuses the unlock: the
+///   connection is marked broken as above, so diesel refuses the ROLLBACK too, the server-side
+///   transaction stays aborted (every statement fails), and the lock stays with the session
+///   until the connection is closed: drop the connection (r2d2 does that for you).
 /// * A session lock is not released by COMMIT or ROLLBACK: the guard can be kept across a failed
 ///   `guard.transaction(..)` and released afterwards.
 #[must_use = "the lock is released when the guard is dropped"]

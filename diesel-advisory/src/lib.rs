@@ -37,6 +37,27 @@
 //! Keys are anything `Into<`[`Key`]`>`: `42_i64`, `(1, 2)`, or a string (hashed with
 //! [`Key::name`]).
 //!
+//! # What a released or dropped guard leaves behind
+//!
+//! On every connection kind, once a guard is released or dropped, in whatever state its
+//! connection is, the lock is gone before the connection's next statement is answered or before
+//! the connection is handed to a pool's next user; or else the connection is closed, or marked
+//! broken (diesel's transaction manager `InError`: pools discard it, `transaction()` fails). A
+//! drop-time unlock never answers one of your statements, and never takes away another guard's
+//! hold of the same key (advisory locks are re-entrant: two guards on one key and connection are
+//! two holds). Session locks are taken outside transactions only
+//! ([`Error::AlreadyInTransaction`], nothing sent).
+//!
+//! | connection | guard dropped | dropped inside an aborted transaction | acquire / release cancelled |
+//! |---|---|---|---|
+//! | `&mut PgConnection` | unlocks in `Drop` | marked broken: the lock stays until the connection is closed | sync: nothing to cancel |
+//! | r2d2 | unlocks in `Drop`, then returns the connection | marked broken, r2d2 discards it | sync |
+//! | `&mut AsyncPgConnection` | unlock queued, runs before your next statement | marked broken whenever diesel-async reports a transaction open (it cannot tell aborted) | the matching unlock is queued, exactly once |
+//! | bb8, deadpool | a task unlocks, then returns it (discarded if that fails, or if the task never runs: runtime gone) | discarded | the checkout is discarded |
+//!
+//! The details are on each guard (`LockGuard`, `R2d2LockGuard`, `AsyncLockGuard`,
+//! `Bb8LockGuard`, `DeadpoolLockGuard`) and in `AsyncLockExt`'s `# Cancel safety`.
+//!
 //! # Features
 //!
 //! | feature | default | brings in |
@@ -89,11 +110,15 @@ mod xact_begin;
 #[cfg(feature = "async")]
 mod async_conn;
 #[cfg(feature = "async")]
+mod async_exec;
+#[cfg(feature = "async")]
 mod async_guard;
 #[cfg(feature = "async")]
 mod async_xact;
 #[cfg(feature = "async")]
 mod async_xact_begin;
+#[cfg(feature = "async")]
+mod holds;
 
 #[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
 mod pool;

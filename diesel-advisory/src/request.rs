@@ -73,6 +73,43 @@ impl Request {
     pub(crate) fn classify(&self, err: diesel::result::Error) -> Error {
         crate::error::classify(err, self.key, self.timeout())
     }
+
+    /// This session-scope acquire as one simple-protocol statement (integers only), for the
+    /// diesel-async path that must know the acquire is on its way once handed to the driver.
+    #[cfg(feature = "async")]
+    pub(crate) fn session_literal(&self) -> Result<String, Error> {
+        let wait = match self.how {
+            How::Block => Wait::Block,
+            How::Try => Wait::Try,
+            How::Timeout(_) => Wait::Timeout,
+        };
+        Ok(sql::session_lock_literal(
+            self.mode,
+            wait,
+            self.key,
+            self.millis()?,
+        ))
+    }
+}
+
+/// An acquire that did not produce a lock.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: Error,
+    /// The session may hold the lock anyway: the statement timed out (55P03, which PostgreSQL can
+    /// raise for a wait granted in the same instant) and the `held` check that would have told
+    /// failed. The caller must release it (a timed acquire that timed out never already held the
+    /// key in that mode, so one unlock is exact) or discard the connection.
+    pub(crate) maybe_held: bool,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed {
+            error,
+            maybe_held: false,
+        }
+    }
 }
 
 pub(crate) fn unlock_stmt(key: Key, mode: Mode) -> BoolStmt {

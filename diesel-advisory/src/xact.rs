@@ -165,5 +165,5 @@ fn xact(conn: &mut PgConnection, req: Request) -> Result<bool, Error> {
     if transaction_depth(conn)? == 0 {
         return Err(Error::NotInTransaction { key: req.key });
     }
-    lock(conn, Scope::Transaction, &req)
+    lock(conn, Scope::Transaction, &req).map_err(|failed| failed.error)
 }

@@ -1,11 +1,13 @@
 //! diesel-advisory against a real server: every assertion is about what `pg_locks` says.
 //!
-//! * `sync_api`: `PgConnection` guards, drop / panic / aborted transactions, xact locks, timeouts,
-//!   deadlock, error conversions, statement caching.
+//! * `sync_api`: `PgConnection` guards, drop, xact locks, timeouts, deadlock, error conversions,
+//!   statement caching; `sync_tx`: session locks and transactions (refused inside, guards dropped
+//!   inside by a panic or an aborted transaction).
 //! * `async_api`: `AsyncPgConnection` guards, the queued unlock on drop and on cancellation,
 //!   timeouts, xact locks, statement caching.
 //! * `pools`: r2d2 / bb8 / deadpool guards, drop without release, no runtime, cancellation loops,
 //!   a lock held across a workflow, mutual exclusion between adapters.
+//! * `race`: timed acquires racing their timeout on every path (the grant-at-timeout race, counted).
 //! * `begin`, `begin_async`, `begin_faults`: `transaction_with_xact_lock` (lock + `BEGIN` in one batch), sync and
 //!   async: held from the start, exclusion, timeouts leaving no transaction behind,
 //!   `AlreadyInTransaction`, `?`, and cancellation on bare and pooled connections.
@@ -29,8 +31,12 @@ mod begin_async;
 mod begin_faults;
 #[path = "diesel_adapter/pools.rs"]
 mod pools;
+#[path = "diesel_adapter/race.rs"]
+mod race;
 #[path = "diesel_adapter/sync_api.rs"]
 mod sync_api;
+#[path = "diesel_adapter/sync_tx.rs"]
+mod sync_tx;
 
 /// Generous deadline for releases that travel asynchronously (a spawned unlock, a closed session).
 const ASYNC_RELEASE: Duration = Duration::from_secs(10);

@@ -11,7 +11,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
 
 use super::checkout::{Checkout, PoolHeld, acquire};
-use crate::async_conn::{locks, mark_broken};
+use crate::async_exec::{locks, mark_broken};
 use crate::request::{How, Request, async_lock_methods, granted};
 use crate::{AsyncLockExt, Error};
 
@@ -36,12 +36,18 @@ impl Checkout for Bb8Conn {
 /// # Release
 ///
 /// * [`Bb8LockGuard::release`] unlocks and returns the connection to the pool.
-/// * **Drop** spawns a task (on the runtime the lock was taken on) that unlocks and then returns
-///   the connection. If that unlock fails or answers "not held", or the task is dropped unfinished
-///   (runtime shutting down), the connection is marked broken and bb8 closes it instead of
-///   reusing it: closing the session releases the lock. Outside any runtime the connection is
-///   discarded at once. (bb8 itself spawns a task when a discarded connection takes the pool
-///   below `min_idle`; keep `min_idle` unset if you drop guards outside a runtime.)
+/// * **Drop** spawns a task (on the runtime it is dropped on, else the one the lock was taken
+///   on) that unlocks and then returns the connection. The checkout is armed before it is handed
+///   to that task: if the unlock fails or answers "not held", or the task is dropped unfinished or
+///   never runs at all (that runtime has shut down), the connection is marked broken and bb8
+///   closes it instead of reusing it: closing the session releases the lock. So a guard that
+///   outlives the runtime it was acquired on, while the pool lives on, never returns its
+///   connection holding the lock. Outside any runtime (and with the lock's runtime gone) the
+///   connection is discarded at once. (bb8 itself spawns a task when a discarded connection
+///   takes the pool below `min_idle`; keep `min_idle` unset if you drop guards outside a
+///   runtime.)
+/// * If the connection is left inside a transaction (a `transaction(..)` future on the guard
+///   was cancelled, say), bb8 discards it on its return: diesel-async reports it broken.
 ///
 /// ```
 /// use diesel_async::AsyncPgConnection;

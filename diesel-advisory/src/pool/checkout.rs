@@ -10,8 +10,9 @@ use diesel_async::AsyncPgConnection;
 use tokio::runtime::Handle;
 
 use crate::Error;
-use crate::async_conn::{held, lock, unlock};
-use crate::request::Request;
+use crate::async_exec::{held, lock, session_allowed, unlock};
+use crate::holds::Hold;
+use crate::request::{Failed, Request};
 
 /// An owned, `'static` pool checkout of an `AsyncPgConnection`.
 pub(crate) trait Checkout:
@@ -23,7 +24,8 @@ pub(crate) trait Checkout:
 }
 
 /// Discards the checkout if dropped while still holding it (an acquire or release future
-/// dropped after sending, a release task dropped by a shutting-down runtime).
+/// dropped after sending, a release task dropped unfinished or never run by a runtime that is
+/// shutting down or gone).
 struct DiscardOnDrop<C: Checkout> {
     conn: Option<C>,
     /// Fired at the server when discarding, so a backend blocked in a lock wait (which does not
@@ -47,7 +49,7 @@ impl<C: Checkout> Drop for DiscardOnDrop<C> {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        tracing::warn!(key = %self.key, "advisory lock call on a pooled connection was cancelled or failed mid-flight; discarding the connection instead of returning it to the pool");
+        tracing::warn!(key = %self.key, "pooled connection's advisory lock state unknown (a call cancelled or failed mid-flight, or its release task never ran); discarding the connection instead of returning it to the pool");
         if let Some((handle, token)) = self.cancel.take() {
             handle.spawn(async move {
                 if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
@@ -60,11 +62,13 @@ impl<C: Checkout> Drop for DiscardOnDrop<C> {
 }
 
 /// Check the lock on an owned checkout. Dropped after the statement may have been sent, the
-/// checkout is discarded and the server-side wait cancelled.
+/// checkout is discarded and the server-side wait cancelled; so is a checkout whose timed acquire
+/// has an unknown outcome (the post-timeout `held` check failed, the lock may be held).
 pub(crate) async fn acquire<C: Checkout>(
-    conn: C,
+    mut conn: C,
     req: Request,
 ) -> Result<Option<PoolHeld<C>>, Error> {
+    session_allowed(&mut conn, &req)?;
     let handle = Handle::try_current().ok();
     let cancel = handle.clone().map(|h| (h, conn.cancel_token()));
     let mut armed = DiscardOnDrop {
@@ -72,14 +76,22 @@ pub(crate) async fn acquire<C: Checkout>(
         cancel,
         key: req.key,
     };
-    let result = lock(armed.conn(), Scope::Session, &req).await;
-    // The statement finished: whatever it did is known, the connection is in a clean state.
+    let locked = match lock(armed.conn(), Scope::Session, &req).await {
+        // `armed` discards the checkout on the way out
+        Err(Failed {
+            error,
+            maybe_held: true,
+        }) => return Err(error),
+        // The statement finished: whatever it did is known, the connection is in a clean state.
+        result => result.map_err(|f| f.error),
+    };
     let conn = armed.disarm();
-    Ok(result?.then(|| PoolHeld {
+    Ok(locked?.then(|| PoolHeld {
         conn: Some(conn),
         key: req.key,
         mode: req.mode,
         handle,
+        _hold: Hold::new(req.key, req.mode),
     }))
 }
 
@@ -90,6 +102,7 @@ pub(crate) struct PoolHeld<C: Checkout> {
     mode: Mode,
     /// The runtime the lock was taken on, for the drop-time release task.
     handle: Option<Handle>,
+    _hold: Hold,
 }
 
 impl<C: Checkout> PoolHeld<C> {
@@ -118,20 +131,20 @@ impl<C: Checkout> PoolHeld<C> {
 
     pub(crate) async fn release(mut self) -> Result<(), Error> {
         let conn = self.conn.take().expect("present until release/drop");
-        release(conn, self.key, self.mode).await
+        let armed = DiscardOnDrop {
+            conn: Some(conn),
+            cancel: None,
+            key: self.key,
+        };
+        release(armed, self.mode).await
     }
 }
 
 /// Unlock, then return the checkout to the pool; discard it if the unlock did not succeed or
-/// this future is dropped half-way.
-async fn release<C: Checkout>(conn: C, key: Key, mode: Mode) -> Result<(), Error> {
-    let mut armed = DiscardOnDrop {
-        conn: Some(conn),
-        cancel: None,
-        key,
-    };
-    let result = unlock(armed.conn(), key, mode).await;
-    match result {
+/// this future is dropped half-way (`armed` discards it unless disarmed).
+async fn release<C: Checkout>(mut armed: DiscardOnDrop<C>, mode: Mode) -> Result<(), Error> {
+    let key = armed.key;
+    match unlock(armed.conn(), key, mode).await {
         Ok(true) => {
             drop(armed.disarm());
             Ok(())
@@ -148,20 +161,28 @@ impl<C: Checkout> Drop for PoolHeld<C> {
             return;
         };
         let (key, mode) = (self.key, self.mode);
-        match self.handle.clone().or_else(|| Handle::try_current().ok()) {
-            // On a runtime that has shut down, `spawn` drops the task at once, and with it the
-            // checkout, which `release`'s guard discards.
+        // Armed before it is handed to a task: a task that never runs (spawned on a runtime that
+        // has shut down, which drops it unpolled) discards the checkout on drop instead of
+        // returning it to the pool holding the lock.
+        let armed = DiscardOnDrop {
+            conn: Some(conn),
+            cancel: None,
+            key,
+        };
+        // The runtime we are on, else the one the lock was taken on (the guard may be dropped on
+        // a plain thread); the connection's own task may live on a third one, which is fine.
+        match Handle::try_current().ok().or_else(|| self.handle.clone()) {
             Some(handle) => {
                 tracing::debug!(key = %key, "pooled advisory lock guard dropped; releasing in a spawned task");
                 handle.spawn(async move {
-                    if let Err(e) = release(conn, key, mode).await {
+                    if let Err(e) = release(armed, mode).await {
                         tracing::warn!(key = %key, error = %e, "drop-time release failed; the connection was discarded instead of reused");
                     }
                 });
             }
             None => {
                 tracing::warn!(key = %key, "pooled advisory lock guard dropped outside a tokio runtime; discarding its connection (closing the session releases the lock)");
-                conn.discard();
+                drop(armed);
             }
         }
     }

@@ -10,7 +10,7 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 
 use super::checkout::{Checkout, PoolHeld, acquire};
-use crate::async_conn::{locks, mark_broken};
+use crate::async_exec::{locks, mark_broken};
 use crate::request::{How, Request, async_lock_methods, granted};
 use crate::{AsyncLockExt, Error};
 
@@ -35,9 +35,15 @@ impl Checkout for DeadpoolConn {
 /// # Release
 ///
 /// * [`DeadpoolLockGuard::release`] unlocks and returns the connection to the pool.
-/// * **Drop** spawns a task that unlocks and then returns the connection; if the unlock fails or
-///   the task is dropped unfinished, the connection is detached from the pool (`Object::take`)
-///   and closed, which releases the lock. Outside any runtime it is detached and closed at once.
+/// * **Drop** spawns a task (on the runtime it is dropped on, else the one the lock was taken
+///   on) that unlocks and then returns the connection; the checkout is armed before it is handed
+///   to that task: if the unlock fails, or the task is dropped unfinished or never runs (that
+///   runtime has shut down), the connection is detached from the pool (`Object::take`) and
+///   closed, which releases the lock. Outside any runtime (and with the lock's runtime gone) it
+///   is detached and closed at once.
+/// * A connection left inside a transaction (or marked broken) goes back to the pool and is
+///   discarded by deadpool's `recycle` at the next checkout (it checks `is_broken()`), never
+///   handed out; until then its session lives on, holding whatever that open transaction holds.
 ///
 /// ```
 /// use diesel_async::AsyncPgConnection;

@@ -8,7 +8,7 @@ use advisory_common::{Key, LockInfo};
 use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
-use crate::conn::{lock, locks};
+use crate::conn::{lock, locks, mark_broken, session_allowed};
 use crate::guard::Held;
 use crate::request::{How, Request, granted, sync_lock_methods};
 use crate::{Error, LockExt};
@@ -97,16 +97,27 @@ impl LockExt for &Pool<ConnectionManager<PgConnection>> {
     }
 }
 
-/// Check out, then lock. A connection whose acquire failed goes back to the pool: a failed or
-/// `false` lock statement leaves no lock behind (a session holds nothing it was not granted).
+/// Check out, then lock. A connection whose acquire failed goes back to the pool (a failed or
+/// `false` lock statement leaves no lock behind: a session holds nothing it was not granted),
+/// unless the outcome is unknown (a timed acquire whose post-timeout `held` check failed): then it
+/// is marked broken, so r2d2 discards it.
 fn acquire_r2d2(
     pool: &Pool<ConnectionManager<PgConnection>>,
     req: Request,
 ) -> Result<Option<R2d2LockGuard>, Error> {
     req.millis()?;
     let mut conn = pool.get().map_err(Error::pool)?;
-    Ok(lock(&mut conn, Scope::Session, &req)?
-        .then(|| R2d2LockGuard(Held::new(conn, req.key, req.mode))))
+    session_allowed(&mut conn, &req)?;
+    match lock(&mut conn, Scope::Session, &req) {
+        Ok(locked) => Ok(locked.then(|| R2d2LockGuard(Held::new(conn, req.key, req.mode)))),
+        Err(failed) => {
+            if failed.maybe_held {
+                tracing::warn!(key = %req.key, "timed acquire of unknown outcome; discarding the connection");
+                mark_broken(&mut conn);
+            }
+            Err(failed.error)
+        }
+    }
 }
 
 const _: () = {

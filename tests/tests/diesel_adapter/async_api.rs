@@ -97,9 +97,10 @@ async fn timeouts_typed_setting_unchanged_transaction_usable() {
             c.xact_lock_timeout(key, t).await,
             Err(Error::Timeout { .. })
         ));
+        // a session lock is refused inside a transaction, nothing sent
         assert!(matches!(
             c.advisory_lock_shared_timeout(key, t).await,
-            Err(Error::Timeout { .. })
+            Err(Error::AlreadyInTransaction { .. })
         ));
         assert_eq!(lock_timeout(c).await, "7s");
         diesel::sql_query("INSERT INTO advisory_test_counters (id, value) VALUES ($1, 1)")
@@ -126,6 +127,41 @@ async fn timeouts_typed_setting_unchanged_transaction_usable() {
     held.release().await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap(), key);
     assert_no_locks(&[key], ASYNC_RELEASE);
+}
+
+/// Inside a diesel-async transaction a session lock is refused, nothing sent, the transaction
+/// still usable (the guard could not release it once the transaction aborts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_lock_inside_a_transaction_is_refused_and_nothing_is_sent() {
+    let mut c = aconn().await;
+    let c_pid = apid(&mut c).await;
+    let key = unique_key();
+    let t = Duration::from_millis(5);
+    c.transaction::<_, Error, _>(async |c| {
+        c.batch_execute("SELECT 'marker-before-session-lock'")
+            .await?;
+        for r in [
+            c.advisory_lock(key).await.map(drop),
+            c.advisory_lock_shared(key).await.map(drop),
+            c.try_advisory_lock(key).await.map(drop),
+            c.try_advisory_lock_shared(key).await.map(drop),
+            c.advisory_lock_timeout(key, t).await.map(drop),
+            c.advisory_lock_shared_timeout(key, t).await.map(drop),
+        ] {
+            assert!(
+                matches!(r, Err(Error::AlreadyInTransaction { key: k }) if k == key),
+                "{r:?}"
+            );
+        }
+        let last = tokio::task::spawn_blocking(move || super::begin::activity(c_pid).query)
+            .await
+            .unwrap();
+        assert_eq!(last.as_deref(), Some("SELECT 'marker-before-session-lock'"));
+        c.xact_lock(key).await
+    })
+    .await
+    .unwrap();
+    assert!(granted(key).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,35 +290,6 @@ pub(crate) async fn stop_contending(stop: Arc<AtomicBool>, holder: tokio::task::
         .await
         .expect("the contending session is stuck: a lock leaked")
         .unwrap();
-}
-
-/// PostgreSQL can raise `lock_timeout` for a wait granted in the same instant and keep the
-/// session lock: the adapter must notice (it checks `pg_locks`) and hand out a guard, never leak.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timed_acquires_racing_their_timeout_never_leak() {
-    let key = unique_key();
-    let (stop, holder) = contend(key);
-    let mut c = aconn().await;
-    let mut granted_count = 0;
-    for i in 0..500 {
-        let t = Duration::from_micros(rand::thread_rng().gen_range(0..2500));
-        let r = if i % 2 == 0 {
-            c.advisory_lock_timeout(key, t).await
-        } else {
-            c.advisory_lock_shared_timeout(key, t).await
-        };
-        match r {
-            Ok(g) => {
-                granted_count += 1;
-                g.release().await.unwrap();
-            }
-            Err(Error::Timeout { .. }) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    stop_contending(stop, holder).await;
-    assert_no_locks(&[key], ASYNC_RELEASE);
-    assert!(granted_count > 0);
 }
 
 /// One random acquire variant against `target`, under a random tiny deadline.

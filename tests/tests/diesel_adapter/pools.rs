@@ -203,26 +203,49 @@ async fn deadpool_guard_dropped_without_release() {
     assert!(none_held_by(&[apid(&mut c).await]));
 }
 
-/// A guard that outlives its runtime: dropping it never panics, and the lock is gone with the
-/// connection (whose driver task died with the runtime).
+/// A guard that outlives the runtime it was acquired on, while its pool lives on (built on a
+/// runtime that outlives the guard's): dropping it never panics, the lock is gone, and the pool's
+/// next checkouts hold nothing and work. Twice: with the pool's connections established on the
+/// long-lived runtime (their driver tasks survive: the checkout is discarded, not returned holding
+/// the lock) and on the short-lived one (their driver tasks die with it, and the session with them).
 #[test]
 fn pool_guards_dropped_after_runtime_shutdown() {
-    let key = unique_key();
-    let key2 = unique_key();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (bg, dg, bp, dp) = rt.block_on(async {
-        let bp = bb8_pool(1).await;
-        let dp = deadpool_pool(1);
-        let bg = bp.advisory_lock(key).await.unwrap();
-        let dg = dp.advisory_lock(key2).await.unwrap();
-        (bg, dg, bp, dp)
-    });
-    assert_eq!(granted(key).len(), 1);
-    drop(rt);
-    drop(bg);
-    drop(dg);
-    drop((bp, dp));
-    assert_no_locks(&[key, key2], ASYNC_RELEASE);
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let (bp, dp) = main.block_on(async { (bb8_pool(1).await, deadpool_pool(1)) });
+    for established_on_main in [true, false] {
+        if established_on_main {
+            main.block_on(async { drop((bp.get().await.unwrap(), dp.get().await.unwrap())) });
+        }
+        let (key, key2) = (unique_key(), unique_key());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (bg, dg) = rt.block_on(async {
+            let bg = bp.advisory_lock(key).await.unwrap();
+            let dg = dp.advisory_lock(key2).await.unwrap();
+            (bg, dg)
+        });
+        assert_eq!(granted(key).len(), 1);
+        drop(rt);
+        drop(bg);
+        drop(dg);
+        assert_no_locks(&[key, key2], ASYNC_RELEASE);
+        main.block_on(async {
+            let (mut b, mut d) = (bp.get().await.unwrap(), dp.get().await.unwrap());
+            assert!(none_held_by(&[apid(&mut b).await, apid(&mut d).await]));
+            drop((b, d));
+            bp.advisory_lock(key)
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+            dp.advisory_lock(key2)
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        });
+    }
 }
 
 /// Issue 4, item 8: a guard held for a whole workflow while other tasks use the same pool.

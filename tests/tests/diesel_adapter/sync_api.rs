@@ -1,17 +1,16 @@
 //! diesel sync `PgConnection`.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use advisory_common::{Key, LockMode};
 use advisory_tests::{assert_no_locks, granted, unique_i32, unique_key, wait_until, waiting};
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_advisory::Error;
 use diesel_advisory::prelude::*;
 
-use super::{ASYNC_RELEASE, conn, pid, r2d2_pool, wait_backend_gone};
+use super::{ASYNC_RELEASE, conn, pid};
 
 #[derive(QueryableByName)]
 struct Setting {
@@ -26,8 +25,22 @@ fn lock_timeout(c: &mut PgConnection) -> String {
         .lock_timeout
 }
 
-fn holders(key: Key) -> Vec<i32> {
+pub(crate) fn holders(key: Key) -> Vec<i32> {
     granted(key).into_iter().map(|l| l.pid).collect()
+}
+
+/// The last statement `pid` ran, from `pg_stat_activity`.
+pub(crate) fn last_query(observer: &mut PgConnection, pid: i32) -> String {
+    #[derive(QueryableByName)]
+    struct Q {
+        #[diesel(sql_type = Text)]
+        query: String,
+    }
+    diesel::sql_query("SELECT query FROM pg_stat_activity WHERE pid = $1")
+        .bind::<diesel::sql_types::Integer, _>(pid)
+        .get_result::<Q>(observer)
+        .unwrap()
+        .query
 }
 
 #[test]
@@ -68,121 +81,6 @@ fn shared_and_pair_keys_and_release_not_held() {
 }
 
 #[test]
-fn panic_inside_transaction_leaves_no_lock_and_connection_usable() {
-    let mut c = conn();
-    let key = unique_key();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        c.transaction::<(), Error, _>(|c| {
-            let _guard = c.advisory_lock(key)?;
-            assert_eq!(granted(key).len(), 1);
-            panic!("boom");
-        })
-    }));
-    assert!(result.is_err());
-    // released during the unwind, before anyone else looked
-    assert!(granted(key).is_empty());
-    // diesel does not catch panics: its transaction is still open, the connection works
-    let one: i32 = diesel::select(1.into_sql::<diesel::sql_types::Integer>())
-        .get_result(&mut c)
-        .unwrap();
-    assert_eq!(one, 1);
-    AnsiTransactionManager::rollback_transaction(&mut c).unwrap();
-    c.transaction::<_, Error, _>(|c| c.xact_lock(key)).unwrap();
-    assert!(granted(key).is_empty());
-}
-
-#[test]
-fn panic_with_r2d2_connection_leaves_no_lock() {
-    let pool = r2d2_pool(1);
-    let key = unique_key();
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        let mut pc = pool.get().unwrap();
-        pc.transaction::<(), Error, _>(|c| {
-            let _g = c.advisory_lock(key)?;
-            panic!("boom")
-        })
-    }));
-    assert!(r.is_err());
-    assert!(granted(key).is_empty());
-    let mut pc = pool.get().unwrap();
-    assert!(pc.try_advisory_lock(key).unwrap().is_some());
-}
-
-/// with_advisory_lock#14: the guard outlives a transaction that aborts, and releasing works.
-#[test]
-fn release_after_aborted_transaction_works() {
-    let mut c = conn();
-    let key = unique_key();
-    let mut guard = c.advisory_lock(key).unwrap();
-    let failed = guard.transaction::<(), diesel::result::Error, _>(|c| {
-        diesel::sql_query("SELECT 1/0").execute(c)?;
-        Ok(())
-    });
-    assert!(failed.is_err());
-    assert_eq!(
-        granted(key).len(),
-        1,
-        "a session lock survives the rollback"
-    );
-    guard.release().unwrap();
-    assert!(granted(key).is_empty());
-    assert!(c.try_advisory_lock(key).unwrap().is_some());
-}
-
-/// Session locks taken inside a transaction that rolls back stay held (PostgreSQL semantics).
-#[test]
-fn session_lock_taken_in_rolled_back_transaction_stays_held() {
-    let mut c = conn();
-    let key = unique_key();
-    AnsiTransactionManager::begin_transaction(&mut c).unwrap();
-    let mut guard = c.advisory_lock(key).unwrap();
-    AnsiTransactionManager::rollback_transaction(&mut *guard).unwrap();
-    assert_eq!(granted(key).len(), 1);
-    guard.release().unwrap();
-    assert!(granted(key).is_empty());
-}
-
-/// A guard dropped inside an already aborted transaction: the unlock fails (25P02), the
-/// connection is marked broken: diesel skips the ROLLBACK, `transaction()` fails loudly, the lock
-/// stays with the session until the connection is closed. With r2d2, the pool closes it.
-#[test]
-fn guard_dropped_inside_aborted_transaction_breaks_connection_loudly() {
-    let mut c = conn();
-    let key = unique_key();
-    let c_pid = pid(&mut c);
-    let r = c.transaction::<(), Error, _>(|c| {
-        let mut g = c.advisory_lock(key)?;
-        diesel::sql_query("SELECT 1/0").execute(&mut *g)?;
-        Ok(())
-    });
-    assert!(matches!(r, Err(Error::Database(_))), "{r:?}");
-    assert_eq!(holders(key), vec![c_pid], "still held by the session");
-    let again = c.transaction::<(), diesel::result::Error, _>(|_| Ok(()));
-    assert!(
-        matches!(again, Err(diesel::result::Error::BrokenTransactionManager)),
-        "{again:?}"
-    );
-    drop(c);
-    assert_no_locks(&[key], ASYNC_RELEASE);
-
-    // the same through r2d2: the broken connection is discarded at check-in
-    let pool = r2d2_pool(1);
-    let mut pc = pool.get().unwrap();
-    let pc_pid = pid(&mut pc);
-    let _ = pc.transaction::<(), Error, _>(|c| {
-        let mut g = c.advisory_lock(key)?;
-        diesel::sql_query("SELECT 1/0").execute(&mut *g)?;
-        Ok(())
-    });
-    drop(pc);
-    wait_backend_gone(pc_pid, ASYNC_RELEASE);
-    assert_no_locks(&[key], ASYNC_RELEASE);
-    let mut fresh = pool.get().unwrap();
-    assert_ne!(pid(&mut fresh), pc_pid);
-    assert!(fresh.try_advisory_lock(key).unwrap().is_some());
-}
-
-#[test]
 fn xact_lock_held_until_commit_or_rollback() {
     let mut c = conn();
     let key = unique_key();
@@ -219,16 +117,10 @@ fn xact_outside_transaction_sends_nothing() {
     ] {
         assert!(matches!(r, Err(Error::NotInTransaction { key: k }) if k == key));
     }
-    #[derive(QueryableByName)]
-    struct Q {
-        #[diesel(sql_type = Text)]
-        query: String,
-    }
-    let last = diesel::sql_query("SELECT query FROM pg_stat_activity WHERE pid = $1")
-        .bind::<diesel::sql_types::Integer, _>(c_pid)
-        .get_result::<Q>(&mut observer)
-        .unwrap();
-    assert_eq!(last.query, "SELECT 'marker-before-xact'");
+    assert_eq!(
+        last_query(&mut observer, c_pid),
+        "SELECT 'marker-before-xact'"
+    );
 }
 
 #[test]
@@ -280,9 +172,10 @@ fn timeouts_typed_setting_unchanged_and_transaction_usable() {
             c.xact_lock_timeout(key, t),
             Err(Error::Timeout { .. })
         ));
+        // a session lock is refused inside a transaction, nothing sent
         assert!(matches!(
             c.advisory_lock_timeout(key, t),
-            Err(Error::Timeout { .. })
+            Err(Error::AlreadyInTransaction { .. })
         ));
         assert_eq!(lock_timeout(c), "7s");
         diesel::sql_query("INSERT INTO advisory_test_counters (id, value) VALUES ($1, 1)")

@@ -1,0 +1,193 @@
+//! The statements of the diesel-async paths, and what diesel-async's bookkeeping says about the
+//! connection they run on.
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use advisory_common::sql::{Mode, SAVEPOINT_ROLLBACK, Scope};
+use advisory_common::{Key, LockInfo};
+use diesel::result::Error as DieselError;
+use diesel_async::{
+    AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    TransactionManager,
+};
+
+use crate::Error;
+use crate::request::{Failed, How, Request, held_stmt, unlock_stmt};
+use crate::stmt::{LocksRow, decode_locks, locks_stmt};
+
+/// diesel-async's own bookkeeping: how deep is the open transaction? No round trip.
+pub(crate) fn transaction_depth(conn: &mut AsyncPgConnection) -> Result<u32, Error> {
+    AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .map(|d| d.map_or(0, |d| d.get()))
+        .map_err(Error::Database)
+}
+
+/// Session locks are taken outside transactions only ([`Error::AlreadyInTransaction`], nothing
+/// sent): inside one, a guard could not release its lock once the transaction is aborted. A
+/// connection whose `BEGIN` / `COMMIT` / `ROLLBACK` was cancelled mid-flight (diesel-async cannot
+/// tell whether a transaction is open) is refused too.
+pub(crate) fn session_allowed(conn: &mut AsyncPgConnection, req: &Request) -> Result<(), Error> {
+    if transaction_depth(conn)? > 0 {
+        return Err(Error::AlreadyInTransaction { key: req.key });
+    }
+    if AnsiTransactionManager::is_broken_transaction_manager(conn) {
+        return Err(Error::Database(DieselError::BrokenTransactionManager));
+    }
+    Ok(())
+}
+
+/// Might the server be inside a transaction block (possibly an aborted one) right now, as far as
+/// diesel-async knows: a transaction open, a transaction statement cancelled mid-flight, or its
+/// bookkeeping already broken. A drop-time unlock queued there may fail unseen.
+pub(crate) fn transaction_unsettled(conn: &mut AsyncPgConnection) -> bool {
+    !matches!(transaction_depth(conn), Ok(0))
+        || AnsiTransactionManager::is_broken_transaction_manager(conn)
+}
+
+/// Send one acquire as a prepared statement; `Ok(true)` when granted.
+///
+/// The session-scope timeout race (55P03 for a wait granted in the same instant) is handled as in
+/// `crate::conn::lock`: a `held` check keeps such a lock, and [`Failed::maybe_held`] reports a
+/// check that failed.
+pub(crate) async fn lock(
+    conn: &mut AsyncPgConnection,
+    scope: Scope,
+    req: &Request,
+) -> Result<bool, Failed> {
+    let ms = req.millis()?;
+    let result = match (req.how, ms) {
+        // `xact` only calls this inside a transaction block: a savepoint keeps it usable
+        (How::Timeout(_), Some(ms)) if scope == Scope::Transaction => {
+            lock_in_savepoint(conn, scope, req, ms).await
+        }
+        _ => req
+            .lock_stmt(scope, ms)
+            .get_async(conn)
+            .await
+            .map_err(|e| req.classify(e)),
+    };
+    let locked = match result {
+        Err(Error::Timeout { key, timeout }) if scope == Scope::Session => after_timeout(conn, req)
+            .await?
+            .ok_or(Error::Timeout { key, timeout })?,
+        other => other?,
+    };
+    tracing::debug!(key = %req.key, mode = req.mode.as_str(), ?scope, locked, "advisory lock");
+    Ok(locked)
+}
+
+/// After a session-scope 55P03: `Some(true)` if the lock was granted in the instant of the
+/// timeout (kept), `None` if not.
+pub(crate) async fn after_timeout(
+    conn: &mut AsyncPgConnection,
+    req: &Request,
+) -> Result<Option<bool>, Failed> {
+    match held(conn, req.key, req.mode).await {
+        Ok(true) => {
+            tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
+            Ok(Some(true))
+        }
+        Ok(false) => Ok(None),
+        Err(error) => Err(Failed {
+            error,
+            maybe_held: true,
+        }),
+    }
+}
+
+async fn lock_in_savepoint(
+    conn: &mut AsyncPgConnection,
+    scope: Scope,
+    req: &Request,
+    ms: i32,
+) -> Result<bool, Error> {
+    match conn.batch_execute(&req.savepoint_batch(scope, ms)).await {
+        Ok(()) => {
+            tracing::debug!(key = %req.key, ?scope, "advisory lock (in savepoint)");
+            Ok(true)
+        }
+        Err(err) => {
+            if let Err(rollback) = conn.batch_execute(SAVEPOINT_ROLLBACK).await {
+                tracing::warn!(key = %req.key, error = %rollback, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
+                return Err(Error::Database(err));
+            }
+            Err(req.classify(err))
+        }
+    }
+}
+
+/// Release one session-level hold: `Ok(false)` if the server says it was not held.
+pub(crate) async fn unlock(
+    conn: &mut AsyncPgConnection,
+    key: Key,
+    mode: Mode,
+) -> Result<bool, Error> {
+    let unlocked = unlock_stmt(key, mode)
+        .get_async(conn)
+        .await
+        .map_err(|e| crate::error::classify(e, key, None))?;
+    tracing::debug!(key = %key, mode = mode.as_str(), unlocked, "advisory unlock");
+    Ok(unlocked)
+}
+
+pub(crate) async fn held(
+    conn: &mut AsyncPgConnection,
+    key: Key,
+    mode: Mode,
+) -> Result<bool, Error> {
+    held_stmt(key, mode)
+        .get_async(conn)
+        .await
+        .map_err(|e| crate::error::classify(e, key, None))
+}
+
+pub(crate) async fn locks(conn: &mut AsyncPgConnection) -> Result<Vec<LockInfo>, Error> {
+    Ok(decode_locks(locks_stmt().load::<LocksRow>(conn).await?))
+}
+
+/// Mark the connection broken for diesel-async and its pools (`is_broken()` → bb8's
+/// `has_broken`, deadpool's `recycle`), and make `transaction()` fail with
+/// `BrokenTransactionManager`.
+pub(crate) fn mark_broken(conn: &mut AsyncPgConnection) {
+    AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
+}
+
+/// Hand a simple-protocol statement to the connection without waiting for its answer.
+///
+/// The first poll of diesel-async's `batch_execute` runs tokio-postgres's
+/// `simple_query::batch_execute` up to `InnerClient::send`, an `unbounded_send` into the channel
+/// of the connection's background task; nothing before it awaits (no lock, no tokio budget
+/// check). Dropping the future then only drops the response receiver: the background task still
+/// writes the request, and discards the answer (`Connection::poll_read` keeps paging through
+/// responses whose receiver hung up). So the statement runs, in order after everything sent
+/// before it, as long as the connection lives, and never answers anybody else's statement.
+pub(crate) fn queue(conn: &AsyncPgConnection, sql: &str) {
+    let mut shared = conn;
+    let fut = pin!(SimpleAsyncConnection::batch_execute(&mut shared, sql));
+    match fut.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Err(e)) => {
+            tracing::warn!(error = %e, sql, "could not queue statement; the connection is closed (its session and locks are gone)");
+        }
+        Poll::Ready(Ok(())) | Poll::Pending => {}
+    }
+}
+
+/// Run a simple-protocol statement and call `sent` right after its first poll, which (see
+/// [`queue`]) has handed the whole statement to the connection: from then on it runs even if this
+/// future is dropped.
+pub(crate) async fn batch_then(
+    conn: &mut AsyncPgConnection,
+    sql: &str,
+    sent: impl FnOnce(),
+) -> Result<(), DieselError> {
+    let mut fut = pin!(conn.batch_execute(sql));
+    let first = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    sent();
+    match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => fut.await,
+    }
+}
