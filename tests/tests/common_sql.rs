@@ -323,3 +323,39 @@ fn timed_statement_times_out_and_restores_lock_timeout() {
         .unwrap();
     assert_eq!(lt.lock_timeout, "7s");
 }
+
+/// The undo of a cancelled acquire releases exactly one hold when the session holds the key in
+/// that mode (re-entrant holds: one of two goes), and nothing (no WARNING) when it does not.
+#[test]
+fn unlock_if_held_releases_one_hold_or_nothing() {
+    let mut c = conn();
+    for key in [
+        unique_key(),
+        Key::BigInt(-(unique_i32().unsigned_abs() as i64) * 1_000_003),
+        Key::Pair(unique_i32(), unique_i32()),
+    ] {
+        for mode in [sql::Mode::Exclusive, sql::Mode::Shared] {
+            let lock = match (mode, key) {
+                (sql::Mode::Exclusive, Key::BigInt(k)) => format!("SELECT pg_advisory_lock({k})"),
+                (sql::Mode::Shared, Key::BigInt(k)) => {
+                    format!("SELECT pg_advisory_lock_shared({k})")
+                }
+                (sql::Mode::Exclusive, Key::Pair(a, b)) => {
+                    format!("SELECT pg_advisory_lock({a}, {b})")
+                }
+                (sql::Mode::Shared, Key::Pair(a, b)) => {
+                    format!("SELECT pg_advisory_lock_shared({a}, {b})")
+                }
+            };
+            let undo = sql::unlock_if_held_literal(mode, key);
+            c.batch_execute(&undo).unwrap(); // not held: nothing
+            assert!(granted(key).is_empty());
+            c.batch_execute(&lock).unwrap();
+            c.batch_execute(&lock).unwrap();
+            c.batch_execute(&undo).unwrap();
+            assert_eq!(granted(key).len(), 1, "{mode:?} {key}: one hold left");
+            c.batch_execute(&undo).unwrap();
+            assert!(granted(key).is_empty(), "{mode:?} {key}: released");
+        }
+    }
+}

@@ -56,7 +56,7 @@ fn seeds() -> Vec<u64> {
     }
     let n = std::env::var("ADVISORY_MODEL_SEQUENCES")
         .map(|s| s.parse().expect("ADVISORY_MODEL_SEQUENCES is a number"))
-        .unwrap_or(12);
+        .unwrap_or(40);
     (0..n).map(|_| rand::random::<u64>() >> 12).collect()
 }
 
@@ -82,7 +82,6 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 10 open: this kind still fails some random sequences (run with --ignored)"]
 async fn bare_connection() {
     run("PgConnection", async |w, url| {
         let mut c = connect(url).await;
@@ -101,7 +100,6 @@ async fn bare_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 10 open: this kind still fails some random sequences (run with --ignored)"]
 async fn pool_connection() {
     run("PoolConnection", async |w, url| {
         let p = pool(url, 1).await;
@@ -111,6 +109,7 @@ async fn pool_connection() {
             let pid = pid_of(&mut pc).await;
             w.assert_pid_holds_nothing(pid, "a connection just checked out")
                 .await;
+            w.synced(); // the pool's release check read every queued answer
             w.live.insert(pid);
             borrowed::level(w, &mut pc, pid, 0, &mut budget, true).await;
             w.live.remove(&pid);
@@ -136,7 +135,6 @@ async fn pool_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 10 open: this kind still fails some random sequences (run with --ignored)"]
 async fn pool_guard() {
     run("PgPool", async |w, url| {
         let p = pool(url, 3).await;

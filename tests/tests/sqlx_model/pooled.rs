@@ -20,7 +20,8 @@ async fn new_tx(
     let mut xact = Vec::new();
     if w.chance(0.4) {
         let (k, mode, mut how) = (w.key(), w.mode(), wait(w));
-        let blocked = w.blocked(-1, k, mode);
+        let certain = w.blocked(-1, k, mode);
+        let blocked = w.maybe_blocked(-1, k, mode);
         let cancel = w.chance(0.3).then(|| w.rng.gen_range(1..4));
         if how == Wait::Try || (blocked && how == Wait::Block && cancel.is_none()) {
             how = Wait::Timeout;
@@ -55,7 +56,7 @@ async fn new_tx(
                 // a discarded checkout's session ends soon after: wait for it
                 w.check(true).await;
             }
-            Some(Ok(mut tx)) if !blocked => {
+            Some(Ok(mut tx)) if !certain => {
                 let pid = pid_of(&mut tx).await;
                 w.add(pid, k, mode);
                 xact.push((k, mode));
@@ -94,7 +95,8 @@ pub async fn tx_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
         match step {
             0..=29 => {
                 let (k, mode, mut how) = (w.key(), w.mode(), wait(w));
-                let blocked = w.blocked(pid, k, mode);
+                let certain = w.blocked(pid, k, mode);
+                let blocked = w.maybe_blocked(pid, k, mode);
                 let cancel = w.chance(0.25).then(|| w.rng.gen_range(1..4));
                 if blocked && how == Wait::Block && cancel.is_none() {
                     how = Wait::Timeout;
@@ -117,7 +119,7 @@ pub async fn tx_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
                         w.live.remove(&pid);
                     }
                     Some(Err(_)) if aborted => {}
-                    Some(Ok(true)) if !blocked => {
+                    Some(Ok(true)) if !certain => {
                         w.add(pid, k, mode);
                         xact.push((k, mode));
                     }
@@ -248,6 +250,7 @@ async fn settle(w: &mut World, guards: &mut [Held]) {
     for h in guards.iter_mut() {
         ok_query(w, &mut h.g, false).await;
     }
+    w.synced();
     w.check(true).await;
 }
 
@@ -272,7 +275,8 @@ pub async fn pool_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
         match w.rng.gen_range(0..100) {
             0..=29 if guards.len() < 3 => {
                 let (k, mode, mut how) = (w.key(), w.mode(), wait(w));
-                let blocked = w.blocked(-1, k, mode);
+                let certain = w.blocked(-1, k, mode);
+                let blocked = w.maybe_blocked(-1, k, mode);
                 let cancel = w.chance(0.25).then(|| w.rng.gen_range(1..4));
                 if blocked && how == Wait::Block && cancel.is_none() {
                     how = Wait::Timeout;
@@ -294,7 +298,7 @@ pub async fn pool_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
                         }
                         settle(w, &mut guards).await; // the discarded checkout's session ends
                     }
-                    Some(Ok(Some(mut g))) if !blocked => {
+                    Some(Ok(Some(mut g))) if !certain => {
                         let pid = pid_of(&mut g).await;
                         w.add(pid, k, mode);
                         w.live.insert(pid);
@@ -307,7 +311,7 @@ pub async fn pool_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
                     )),
                 }
             }
-            30..=34 => {
+            30..=34 if guards.len() < 3 => {
                 // acquired on a runtime that is then shut down, dropped after it (on that thread,
                 // outside any runtime); the pool lives on
                 let (k, mode) = (w.key(), w.mode());
@@ -324,16 +328,19 @@ pub async fn pool_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
                         }
                     });
                     drop(rt);
-                    let got = matches!(g, Ok(Some(_)));
+                    let got = g.as_ref().map(|g| g.is_some()).map_err(|e| e.to_string());
                     drop(g);
                     got
                 })
                 .join()
                 .unwrap();
+                let got = got.unwrap_or_else(|e| {
+                    w.fail(&format!("a try on a short-lived runtime failed: {e}"))
+                });
                 w.note(format!(
                     "guard {k} {mode:?} on a runtime that is gone: granted={got}"
                 ));
-                if got == w.blocked(-1, k, mode) {
+                if (got && w.blocked(-1, k, mode)) || (!got && !w.maybe_blocked(-1, k, mode)) {
                     w.fail("a try on a short-lived runtime disagrees with the model");
                 }
                 settle(w, &mut guards).await; // its closed connection's session ends

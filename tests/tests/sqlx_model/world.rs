@@ -25,8 +25,55 @@ pub struct World {
     /// Sessions whose holds are checked exactly; any other pid must hold nothing (within a
     /// deadline: a closed session's backend exits when its wait ends).
     pub live: BTreeSet<i32>,
+    /// Holds whose release is queued on their connection but not yet confirmed by an answer on
+    /// it: other sessions may still see them for a moment (I1 only promises they are gone before
+    /// that connection's next answer). Cleared by [`World::synced`].
+    pub maybe: BTreeSet<(i32, i64, Mode)>,
     pub ops: usize,
     pub log: Vec<String>,
+}
+
+/// The adapter's own `tracing` events (target `sqlx_advisory`), kept so a failure shows what the
+/// library decided (queued, undone, drained) between the steps.
+mod capture {
+    use std::sync::Mutex;
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Metadata, span};
+
+    pub static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub struct Capture;
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.target().starts_with("sqlx_advisory")
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, event: &Event<'_>) {
+            struct Line(String);
+            impl Visit for Line {
+                fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                    self.0.push_str(&format!(" {}={value:?}", field.name()));
+                }
+            }
+            let mut line = Line(String::from("    [lib]"));
+            event.record(&mut line);
+            EVENTS.lock().unwrap().push(line.0);
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+
+    pub fn install() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(Capture);
+        });
+    }
 }
 
 pub async fn connect(url: &str) -> PgConnection {
@@ -46,6 +93,8 @@ fn conflicts(a: Mode, b: Mode) -> bool {
 
 impl World {
     pub async fn new(url: &str, seed: u64) -> World {
+        capture::install();
+        capture::EVENTS.lock().unwrap().clear();
         let mut contender = connect(url).await;
         let contender_pid = pid_of(&mut contender).await;
         let mut live = BTreeSet::new();
@@ -59,6 +108,7 @@ impl World {
             contender_pid,
             held: BTreeMap::new(),
             live,
+            maybe: BTreeSet::new(),
             ops: 0,
             log: Vec::new(),
         }
@@ -66,11 +116,14 @@ impl World {
 
     pub fn note(&mut self, what: impl Into<String>) {
         self.ops += 1;
+        self.log.append(&mut capture::EVENTS.lock().unwrap());
         self.log.push(what.into());
     }
 
     pub fn fail(&self, what: &str) -> ! {
-        let tail: Vec<_> = self.log.iter().rev().take(25).rev().collect();
+        let mut log = self.log.clone();
+        log.append(&mut capture::EVENTS.lock().unwrap());
+        let tail: Vec<_> = log.iter().rev().take(60).rev().collect();
         panic!(
             "seed={} (replay: ADVISORY_MODEL_SEED={}): {what}\nlast steps:\n  {}",
             self.seed,
@@ -106,6 +159,26 @@ impl World {
                 && h.iter()
                     .any(|((k, m), n)| *k == key && *n > 0 && conflicts(*m, mode))
         })
+    }
+
+    /// Could a request of `pid` have to wait because of a hold whose release is still queued?
+    pub fn maybe_blocked(&self, pid: i32, key: i64, mode: Mode) -> bool {
+        self.blocked(pid, key, mode)
+            || self
+                .maybe
+                .iter()
+                .any(|(p, k, m)| *p != pid && *k == key && conflicts(*m, mode))
+    }
+
+    /// A hold whose release is queued (a dropped guard, a dropped transaction's ROLLBACK).
+    pub fn release_queued(&mut self, pid: i32, key: i64, mode: Mode) {
+        self.remove(pid, key, mode);
+        self.maybe.insert((pid, key, mode));
+    }
+
+    /// Every connection has just answered a statement: queued releases have run.
+    pub fn synced(&mut self) {
+        self.maybe.clear();
     }
 
     pub fn add(&mut self, pid: i32, key: i64, mode: Mode) {
@@ -148,7 +221,9 @@ impl World {
             .await
             .unwrap();
         self.note(format!("contender try {key} {mode:?} -> {got}"));
-        if got == self.blocked(pid, key, mode) {
+        // granted: nothing certain was in the way; refused: something (maybe a release still
+        // queued on another connection) was
+        if (got && self.blocked(pid, key, mode)) || (!got && !self.maybe_blocked(pid, key, mode)) {
             self.fail("the contender's try disagrees with the model (mutual exclusion)");
         }
         if got {
@@ -238,7 +313,11 @@ impl World {
             if !exact {
                 return;
             }
-            let extra: Vec<_> = actual.difference(&expected).copied().collect();
+            let extra: Vec<_> = actual
+                .difference(&expected)
+                .copied()
+                .filter(|h| !(self.live.contains(&h.0) && self.maybe.contains(h)))
+                .collect();
             if let Some(e) = extra.iter().find(|(p, _, _)| self.live.contains(p)) {
                 self.fail(&format!(
                     "I1: live session {} holds {:?} beyond its guards; server: {actual:?}",
