@@ -239,6 +239,24 @@ pub fn unlock_if_held_literal(mode: Mode, key: Key) -> String {
     )
 }
 
+/// A comment that makes one request recognisable in `pg_stat_activity.query`, put in front of a
+/// statement whose future may be abandoned while the server still waits for the lock (a pooled
+/// `begin_with_xact_lock`): `/* advisory-lock request <tag> */ `. The tag is an integer.
+///
+/// ```
+/// use advisory_common::sql::request_tag;
+/// assert_eq!(request_tag(0x2a), "/* advisory-lock request 000000000000002a */ ");
+/// ```
+pub fn request_tag(tag: u64) -> String {
+    format!("/* advisory-lock request {tag:016x} */ ")
+}
+
+/// Cancel the lock wait of the request tagged with [`request_tag`] (parameter: that prefix), from
+/// another session: one row per backend signalled. A request that is not (yet, or any longer)
+/// waiting for a lock is left alone.
+pub const CANCEL_TAGGED_WAIT: &str = "SELECT pg_cancel_backend(pid) AS cancelled FROM pg_catalog.pg_stat_activity \
+     WHERE pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock' AND starts_with(query, $1)";
+
 /// Releases every session-level advisory lock of the session. Returns no rows of interest.
 pub const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
 

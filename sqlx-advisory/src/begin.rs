@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -155,7 +157,12 @@ async fn begin_on_pool(
     mode: Mode,
     timeout: Option<Duration>,
 ) -> Result<Transaction<'static, Postgres>, Error> {
-    let statement = statement(mode, key, timeout)?;
+    let ms = timeout.map(advisory_common::timeout_millis).transpose()?;
+    // Tagged, so that a cancelled request's lock wait can be found and cancelled (see
+    // `FinishOnDrop`).
+    let tag = next_tag();
+    let text = sql::request_tag(tag) + &sql::lock_then_begin(mode, key, ms);
+    let statement = AssertSqlSafe(text).into_sql_str();
     let conn = pool.acquire().await.map_err(Error::Pool)?;
     // `Transaction::begin` is what `Pool::begin_with` runs after its checkout; called directly
     // so that a cancellation while waiting for the checkout (above) sends nothing.
@@ -163,6 +170,7 @@ async fn begin_on_pool(
     let tx = FinishOnDrop {
         begin: Some(begin),
         key,
+        cancel: Some((pool.clone(), tag)),
     }
     .await
     .map_err(|e| classify(e, key, timeout))?;
@@ -181,9 +189,62 @@ type BeginFuture =
 /// transaction only once the server has answered, so its drop does not roll back, and the pooled
 /// connection would be returned (after a ping that reads the pending answer) inside the
 /// transaction, holding the lock.
+///
+/// So that a cancelled request does not keep its pooled connection while the server waits for
+/// the lock (a burst of cancelled requests would starve the pool), the background task also
+/// cancels that wait from a new session (`pg_cancel_backend` on the backend whose query carries
+/// the request's tag, retried for up to 2 s until the wait is found or the request ends): the
+/// request then fails, PostgreSQL rolls its implicit transaction back, and the connection returns
+/// to the pool idle and holding nothing.
 struct FinishOnDrop {
     begin: Option<BeginFuture>,
     key: Key,
+    cancel: Option<(PgPool, u64)>,
+}
+
+/// A tag no other request of this process (or, with the random start, of another process) uses.
+fn next_tag() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| RandomState::new().hash_one(std::process::id()));
+    start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Cancel the lock wait of the request tagged `tag` until it is found, the request is `done`, or
+/// 2 s have passed.
+async fn cancel_wait(pool: PgPool, tag: u64, key: Key, done: Arc<AtomicBool>) {
+    let mut conn = match PgConnection::connect_with(&pool.connect_options()).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            tracing::warn!(%key, %error, "cancelled begin_with_xact_lock: cannot connect to cancel its lock wait; its connection returns when the wait ends");
+            return;
+        }
+    };
+    let prefix = sql::request_tag(tag);
+    for _ in 0..100 {
+        if done.load(Ordering::Acquire) {
+            break;
+        }
+        match sqlx::query_scalar::<_, bool>(sql::CANCEL_TAGGED_WAIT)
+            .bind(&prefix)
+            .fetch_all(&mut conn)
+            .await
+        {
+            Ok(signalled) if !signalled.is_empty() => {
+                tracing::debug!(%key, "cancelled begin_with_xact_lock: its lock wait was cancelled");
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(error) => {
+                tracing::warn!(%key, %error, "cancelled begin_with_xact_lock: cancelling its lock wait failed");
+                break;
+            }
+        }
+    }
+    let _ = conn.close().await;
 }
 
 impl Future for FinishOnDrop {
@@ -203,6 +264,8 @@ impl Drop for FinishOnDrop {
             return;
         };
         let key = self.key;
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = done.clone();
         let finish = async move {
             match begin.await {
                 Ok(tx) => match tx.rollback().await {
@@ -219,11 +282,15 @@ impl Drop for FinishOnDrop {
                     tracing::debug!(%key, %error, "cancelled begin_with_xact_lock: it failed on the server; nothing is held")
                 }
             }
+            finished.store(true, Ordering::Release);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 tracing::warn!(%key, "begin_with_xact_lock cancelled while its statement was in flight: finishing it in the background (rollback) before the connection returns to the pool");
                 drop(rt.spawn(finish));
+                if let Some((pool, tag)) = self.cancel.take() {
+                    drop(rt.spawn(cancel_wait(pool, tag, key, done)));
+                }
             }
             Err(_) => {
                 // No runtime to finish it on (and sqlx's pooled-connection drop needs one): drop

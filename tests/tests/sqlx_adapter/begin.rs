@@ -228,6 +228,50 @@ async fn a_cancelled_pool_begin_never_returns_a_connection_in_a_transaction() {
     assert_no_locks(&[key], SOON).await;
 }
 
+/// A cancelled pooled blocking begin does not keep its connection while the lock is still held
+/// elsewhere: its lock wait is cancelled from another session, and the pool's only connection is
+/// back, clean, long before the holder lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_pool_begin_gives_its_connection_back_while_the_lock_is_still_held() {
+    let key = unique_key();
+    let p = pool(1).await;
+    let mut holder = conn().await;
+    let holder_pid = pid(&mut holder).await;
+    let h = holder.advisory_lock(key).await.unwrap();
+    for variant in 0..2 {
+        tokio::select! {
+            r = async {
+                if variant == 0 {
+                    p.begin_with_xact_lock(key).await
+                } else {
+                    p.begin_with_xact_lock_shared(key).await
+                }
+            } => panic!("cannot be granted yet: {r:?}"),
+            _ = wait_for_any_waiter(key) => {} // dropped here, mid-wait
+        }
+        let mut c = tokio::time::timeout(SOON, p.acquire())
+            .await
+            .expect("the pool's only connection is back while the holder still holds the key")
+            .unwrap();
+        assert!(!server_in_transaction(&mut c).await);
+        assert_eq!(own_locks(&mut c).await, 0);
+        let on_key: Vec<_> = tokio::task::spawn_blocking(move || {
+            advisory_tests::advisory_locks()
+                .into_iter()
+                .filter(|l| l.key == key)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert!(
+            on_key.len() == 1 && on_key[0].pid == holder_pid && on_key[0].granted,
+            "only the holder, nobody waiting any more: {on_key:?}"
+        );
+    }
+    h.release().await.unwrap();
+    assert_no_locks(&[key], SOON).await;
+}
+
 /// Random deadlines around every pooled variant while another session takes and releases the key:
 /// no lock leaks and every pooled connection is clean afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,3 +228,49 @@ async fn release_reports_not_held() {
         "{err:?}"
     );
 }
+
+/// A pool guard acquired on a runtime that is then shut down, and dropped afterwards (on that
+/// thread outside any runtime, or inside the pool's own runtime): the pool lives on, and its next
+/// checkout holds nothing. Both with the checkout's connection opened on the dead runtime and
+/// opened (warm) on the pool's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_guard_outliving_its_runtime_never_returns_the_lock_to_the_living_pool() {
+    for (warm, drop_inside_pool_runtime) in
+        [(false, false), (true, false), (false, true), (true, true)]
+    {
+        let p = pool(1).await;
+        if warm {
+            let mut c = p.acquire().await.unwrap();
+            pid(&mut c).await;
+        }
+        let key = unique_key();
+        let p2 = p.clone();
+        let g = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let g = rt.block_on(p2.advisory_lock(key)).unwrap();
+            drop(rt);
+            if drop_inside_pool_runtime {
+                Some(g)
+            } else {
+                drop(g); // outside any runtime, after its own runtime is gone
+                None
+            }
+        })
+        .await
+        .unwrap();
+        drop(g); // inside the pool's (living) runtime
+        let mut c = p.acquire().await.unwrap();
+        assert_eq!(
+            own_locks(&mut c).await,
+            0,
+            "warm={warm} inside={drop_inside_pool_runtime}: the next checkout holds the lock"
+        );
+        drop(c);
+        assert_no_locks(&[key], SOON).await;
+        let g = p.advisory_lock(key).await.unwrap();
+        g.release().await.unwrap();
+    }
+}

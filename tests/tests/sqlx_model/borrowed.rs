@@ -12,7 +12,7 @@ use sqlx::{Connection, PgConnection};
 use sqlx_advisory::prelude::*;
 use sqlx_advisory::{Error, LockGuard};
 
-use crate::world::{World, key, poll_n};
+use crate::world::{World, key, poll_n, within};
 
 pub const TIMEOUT: Duration = Duration::from_millis(20);
 
@@ -158,7 +158,7 @@ pub async fn transaction(w: &mut World, conn: &mut PgConnection, pid: i32) {
             _ => {
                 let k = w.key();
                 if !matches!(
-                    tx.advisory_lock(key(k)).await,
+                    within(w, tx.advisory_lock(key(k))).await,
                     Err(Error::AlreadyInTransaction { .. })
                 ) {
                     w.fail("a session lock inside a transaction was not refused");
@@ -301,7 +301,7 @@ async fn attempt(
     let mut fut = Box::pin(acquire(conn, k, mode, how));
     let res = match cancel {
         Some(polls) => poll_n(fut.as_mut(), polls).await,
-        None => Some(fut.as_mut().await),
+        None => Some(within(w, fut.as_mut()).await),
     };
     drop(fut); // cancelled here if still pending
     w.note(format!(

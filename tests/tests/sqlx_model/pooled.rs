@@ -11,7 +11,7 @@ use sqlx_advisory::prelude::*;
 use sqlx_advisory::{Error, PoolLockGuard};
 
 use crate::borrowed::{TIMEOUT, Wait, cancelled_query, failing_query, ok_query, transaction, wait};
-use crate::world::{World, key, pid_of, poll_n};
+use crate::world::{World, key, pid_of, poll_n, within};
 
 async fn new_tx(
     w: &mut World,
@@ -41,7 +41,7 @@ async fn new_tx(
         });
         let res = match cancel {
             Some(n) => poll_n(fut.as_mut(), n).await,
-            None => Some(fut.as_mut().await),
+            None => Some(within(w, fut.as_mut()).await),
         };
         drop(fut);
         w.note(format!(
@@ -104,7 +104,7 @@ pub async fn tx_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
                 let mut fut = Box::pin(xact_acquire(&mut tx, k, mode, how));
                 let res = match cancel {
                     Some(n) => poll_n(fut.as_mut(), n).await,
-                    None => Some(fut.as_mut().await),
+                    None => Some(within(w, fut.as_mut()).await),
                 };
                 drop(fut);
                 w.note(format!("xact {k} {mode:?} {how:?} cancel={cancel:?} blocked={blocked} aborted={aborted} -> {res:?}"));
@@ -141,8 +141,9 @@ pub async fn tx_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
                 }
             }
             47..=51 => {
+                let k = w.key();
                 if !matches!(
-                    tx.advisory_lock(key(w.key())).await,
+                    within(w, tx.advisory_lock(key(k))).await,
                     Err(Error::AlreadyInTransaction { .. })
                 ) {
                     w.fail("a session lock inside a transaction was not refused");
@@ -284,7 +285,7 @@ pub async fn pool_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
                 let mut fut = Box::pin(pool_acquire(pool, k, mode, how));
                 let res = match cancel {
                     Some(n) => poll_n(fut.as_mut(), n).await,
-                    None => Some(fut.as_mut().await),
+                    None => Some(within(w, fut.as_mut()).await),
                 };
                 drop(fut);
                 w.note(format!(

@@ -363,6 +363,15 @@ pub async fn poll_n<F: std::future::Future>(
     None
 }
 
+/// Await `fut`, failing if it takes 10 s: every wait the model expects is short, so a longer one
+/// means a lock the model does not know about (one that outlived its guard).
+pub async fn within<F: std::future::Future>(w: &World, fut: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(10), fut).await {
+        Ok(v) => v,
+        Err(_) => w.fail("I1: a request waited 10 s for a lock the model says is free (a lock outlived its guard)"),
+    }
+}
+
 pub fn key(k: i64) -> Key {
     Key::BigInt(k)
 }
