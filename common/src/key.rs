@@ -58,8 +58,8 @@ impl Key {
     /// // sha256("") = e3b0c44298fc1c14...
     /// assert_eq!(Key::name(""), Key::BigInt(0xe3b0c44298fc1c14_u64 as i64));
     /// ```
-    pub fn name(name: &str) -> Key {
-        let digest = Sha256::digest(name.as_bytes());
+    pub fn name(name: impl AsRef<str>) -> Key {
+        let digest = Sha256::digest(name.as_ref().as_bytes());
         Key::BigInt(i64::from_be_bytes(first8(&digest)))
     }
 
@@ -155,6 +155,26 @@ impl From<i64> for Key {
         Key::BigInt(k)
     }
 }
+
+/// The integer types a primary key has, widened into the `bigint` key space: `id: i32` locks the
+/// same key as `id as i64`.
+///
+/// ```
+/// use advisory_common::Key;
+/// assert_eq!(Key::from(5_i32), Key::BigInt(5));
+/// assert_eq!(Key::from(u32::MAX), Key::BigInt(4_294_967_295));
+/// assert_eq!(Key::from(-3_i16), Key::BigInt(-3));
+/// ```
+macro_rules! from_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Key {
+            fn from(k: $t) -> Key {
+                Key::BigInt(i64::from(k))
+            }
+        }
+    )*};
+}
+from_int!(i8, i16, i32, u8, u16, u32);
 
 impl From<(i32, i32)> for Key {
     fn from((k1, k2): (i32, i32)) -> Key {

@@ -123,7 +123,7 @@ mod holds;
 #[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
 mod pool;
 
-pub use advisory_common::{Key, LockInfo, LockMode};
+pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
 pub use error::{Error, PoolError};
 
 #[cfg(feature = "sync")]

@@ -61,7 +61,7 @@ mod xact;
 
 mod pool;
 
-pub use advisory_common::{Key, LockInfo, LockMode};
+pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
 pub use error::Error;
 
 pub use begin::BeginXactLockExt;

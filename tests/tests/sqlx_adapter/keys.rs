@@ -76,3 +76,43 @@ async fn every_key_form_reaches_pg_locks_and_sqlx_keys_interoperate() {
     let ours = p.try_advisory_lock(Key::sqlx(&name)).await.unwrap();
     assert!(ours.is_some());
 }
+
+/// Primary-key integer types are keys in the bigint space (`id: i32` locks what `id as i64`
+/// locks), and every type a user meets is reachable from the adapter crates themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_ids_are_keys_and_user_facing_types_are_reexported() {
+    let p = pool(2).await;
+    let id: i32 = rand::random::<i32>();
+    let g = p.advisory_lock(id).await.unwrap();
+    assert_eq!(g.key(), sqlx_advisory::Key::BigInt(i64::from(id)));
+    assert!(
+        p.try_advisory_lock(i64::from(id)).await.unwrap().is_none(),
+        "the i32 id and the same i64 are one lock"
+    );
+    g.release().await.unwrap();
+    let small: u16 = 7;
+    assert_eq!(
+        sqlx_advisory::Key::from(small),
+        sqlx_advisory::Key::BigInt(7)
+    );
+    assert_eq!(
+        sqlx_advisory::Key::name(String::from("orders:42")),
+        sqlx_advisory::Key::name("orders:42")
+    );
+    let kind: Option<sqlx_advisory::ErrorKind> = sqlx_advisory::Error::NotHeld {
+        key: sqlx_advisory::Key::BigInt(1),
+    }
+    .kind();
+    assert_eq!(kind, Some(sqlx_advisory::ErrorKind::NotHeld));
+    assert_eq!(
+        sqlx_advisory::Key::BigInt(1).space(),
+        sqlx_advisory::KeySpace::BigInt
+    );
+    assert_eq!(
+        diesel_advisory::Key::Pair(1, 2).space(),
+        diesel_advisory::KeySpace::Pair
+    );
+    let _: Option<sqlx_advisory::TimeoutOutOfRange> = None;
+    let _: Option<diesel_advisory::TimeoutOutOfRange> = None;
+    let _: Option<diesel_advisory::ErrorKind> = None;
+}
