@@ -202,10 +202,19 @@ pub fn unlock_literal(mode: Mode, key: Key) -> String {
         Mode::Exclusive => "pg_advisory_unlock",
         Mode::Shared => "pg_advisory_unlock_shared",
     };
+    let mut s = String::from("SELECT ");
+    push_call(&mut s, f, key);
+    s
+}
+
+/// Append `<function>(<key>)` with the key written as integers (`f(42)`, `f(1, 2)`): the one place
+/// the literal statements splice a key.
+fn push_call(s: &mut String, f: &str, key: Key) {
     match key {
-        Key::BigInt(k) => format!("SELECT {f}({k})"),
-        Key::Pair(k1, k2) => format!("SELECT {f}({k1}, {k2})"),
+        Key::BigInt(k) => write!(s, "{f}({k})"),
+        Key::Pair(k1, k2) => write!(s, "{f}({k1}, {k2})"),
     }
+    .expect("writing to a String cannot fail");
 }
 
 /// The undo of a session-scope acquire whose outcome is unknown (its future was dropped after the
@@ -305,11 +314,7 @@ fn push_lock_literal(s: &mut String, scope: Scope, mode: Mode, key: Key, timeout
     } else {
         s.push_str("SELECT ");
     }
-    match key {
-        Key::BigInt(k) => write!(s, "{f}({k})"),
-        Key::Pair(k1, k2) => write!(s, "{f}({k1}, {k2})"),
-    }
-    .expect("writing to a String cannot fail");
+    push_call(s, f, key);
     if let Some(ms) = timeout_ms {
         write!(
             s,
@@ -489,12 +494,8 @@ pub fn session_lock_literal(mode: Mode, wait: Wait, key: Key, timeout_ms: Option
     let mut s = String::with_capacity(if timeout_ms.is_some() { 320 } else { 48 });
     match (wait, timeout_ms) {
         (Wait::Try, _) => {
-            let f = function_name(Scope::Session, mode, Wait::Try);
-            match key {
-                Key::BigInt(k) => write!(s, "SELECT {f}({k})"),
-                Key::Pair(k1, k2) => write!(s, "SELECT {f}({k1}, {k2})"),
-            }
-            .expect("writing to a String cannot fail");
+            s.push_str("SELECT ");
+            push_call(&mut s, function_name(Scope::Session, mode, Wait::Try), key);
         }
         (Wait::Timeout, Some(ms)) => push_lock_literal(&mut s, Scope::Session, mode, key, Some(ms)),
         (Wait::Block | Wait::Timeout, _) => {

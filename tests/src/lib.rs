@@ -21,6 +21,7 @@
 
 mod bouncer;
 mod cluster;
+pub mod events;
 mod locks;
 
 pub use cluster::{Db, db};

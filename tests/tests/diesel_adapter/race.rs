@@ -4,76 +4,18 @@
 //! really happens (they count the grants the adapter reports at the boundary, through its own
 //! `tracing` event) and that no timed acquire ever leaves the lock behind.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use advisory_common::Key;
+use advisory_tests::events::boundary_grants;
 use advisory_tests::{assert_no_locks, granted, unique_key};
 use diesel_advisory::Error;
 use diesel_advisory::prelude::*;
 use rand::Rng;
-use tracing::field::{Field, Visit};
-use tracing::{Event, Metadata, span};
 
 use super::{ASYNC_RELEASE, aconn, bb8_pool, conn, deadpool_pool, pid, r2d2_pool};
-
-/// The adapters' debug event for a lock granted in the instant of its timeout.
-const BOUNDARY: &str = "lock_timeout fired as the lock was granted; keeping it";
-
-fn boundary_counts() -> &'static Mutex<HashMap<String, u64>> {
-    static COUNTS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
-    COUNTS.get_or_init(Default::default)
-}
-
-/// A `tracing` subscriber that only counts [`BOUNDARY`] events, per key.
-struct CountBoundaryGrants;
-
-impl tracing::Subscriber for CountBoundaryGrants {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.target().starts_with("diesel_advisory")
-    }
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(1)
-    }
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-    fn event(&self, event: &Event<'_>) {
-        #[derive(Default)]
-        struct Fields {
-            boundary: bool,
-            key: Option<String>,
-        }
-        impl Visit for Fields {
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                match field.name() {
-                    "message" => self.boundary = format!("{value:?}") == BOUNDARY,
-                    "key" => self.key = Some(format!("{value:?}")),
-                    _ => {}
-                }
-            }
-        }
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        if let (true, Some(key)) = (fields.boundary, fields.key) {
-            *boundary_counts().lock().unwrap().entry(key).or_insert(0) += 1;
-        }
-    }
-    fn enter(&self, _: &span::Id) {}
-    fn exit(&self, _: &span::Id) {}
-}
-
-/// How many acquires of `key` the adapter reported as granted at the boundary so far.
-fn boundary_grants(key: Key) -> u64 {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        tracing::subscriber::set_global_default(CountBoundaryGrants)
-            .expect("no other global subscriber in this test binary");
-    });
-    let counts = boundary_counts().lock().unwrap();
-    counts.get(&key.to_string()).copied().unwrap_or(0)
-}
 
 /// A session on its own thread taking and releasing `key` at random instants (µs resolution);
 /// it fails, instead of hanging, if a timed acquire leaked the key.

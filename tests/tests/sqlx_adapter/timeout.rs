@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use advisory_common::Key;
 use advisory_common::sql::{SHOW_LOCK_TIMEOUT, UNLOCK_ALL};
+use advisory_tests::events::boundary_grants;
 use advisory_tests::{unique_key, unique_name};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sqlx::{Connection, PgConnection};
@@ -212,63 +213,6 @@ enum Step {
 /// At least this many rounds, and more (up to `MAX_RACE_ROUNDS`) until the race has happened.
 const RACE_ROUNDS: usize = 1000;
 const MAX_RACE_ROUNDS: usize = 20_000;
-
-/// The adapter's debug event for a lock granted in the instant of its timeout.
-const BOUNDARY: &str = "lock_timeout fired as the lock was granted; keeping it";
-
-fn boundary_counts() -> &'static std::sync::Mutex<std::collections::HashMap<String, u64>> {
-    static COUNTS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
-        std::sync::OnceLock::new();
-    COUNTS.get_or_init(Default::default)
-}
-
-/// A `tracing` subscriber that only counts [`BOUNDARY`] events of `sqlx_advisory`, per key.
-struct CountBoundaryGrants;
-
-impl tracing::Subscriber for CountBoundaryGrants {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        metadata.target().starts_with("sqlx_advisory")
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        #[derive(Default)]
-        struct Fields {
-            boundary: bool,
-            key: Option<String>,
-        }
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                match field.name() {
-                    "message" => self.boundary = format!("{value:?}") == BOUNDARY,
-                    "key" => self.key = Some(format!("{value:?}")),
-                    _ => {}
-                }
-            }
-        }
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        if let (true, Some(key)) = (fields.boundary, fields.key) {
-            *boundary_counts().lock().unwrap().entry(key).or_insert(0) += 1;
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-/// How many acquires of `key` the adapter reported as granted at the timeout boundary so far.
-fn boundary_grants(key: Key) -> u64 {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        tracing::subscriber::set_global_default(CountBoundaryGrants)
-            .expect("no other global subscriber in this test binary");
-    });
-    let counts = boundary_counts().lock().unwrap();
-    counts.get(&key.to_string()).copied().unwrap_or(0)
-}
 
 /// `RACE_ROUNDS` session-scope timed acquires (1-3 ms) against [`churn`]. PostgreSQL can raise
 /// `lock_timeout` for a wait granted in the same instant and keep the lock: after every

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use advisory_common::Key;
 use advisory_common::sql::Mode;
+use advisory_tests::events;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::{Connection, PgConnection, Row};
@@ -33,49 +34,6 @@ pub struct World {
     pub log: Vec<String>,
 }
 
-/// The adapter's own `tracing` events (target `sqlx_advisory`), kept so a failure shows what the
-/// library decided (queued, undone, drained) between the steps.
-mod capture {
-    use std::sync::Mutex;
-    use tracing::field::{Field, Visit};
-    use tracing::{Event, Metadata, span};
-
-    pub static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-    pub struct Capture;
-
-    impl tracing::Subscriber for Capture {
-        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-            metadata.target().starts_with("sqlx_advisory")
-        }
-        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-            span::Id::from_u64(1)
-        }
-        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-        fn event(&self, event: &Event<'_>) {
-            struct Line(String);
-            impl Visit for Line {
-                fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                    self.0.push_str(&format!(" {}={value:?}", field.name()));
-                }
-            }
-            let mut line = Line(String::from("    [lib]"));
-            event.record(&mut line);
-            EVENTS.lock().unwrap().push(line.0);
-        }
-        fn enter(&self, _: &span::Id) {}
-        fn exit(&self, _: &span::Id) {}
-    }
-
-    pub fn install() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            let _ = tracing::subscriber::set_global_default(Capture);
-        });
-    }
-}
-
 pub async fn connect(url: &str) -> PgConnection {
     PgConnection::connect(url).await.expect("connect")
 }
@@ -93,8 +51,9 @@ fn conflicts(a: Mode, b: Mode) -> bool {
 
 impl World {
     pub async fn new(url: &str, seed: u64) -> World {
-        capture::install();
-        capture::EVENTS.lock().unwrap().clear();
+        // the adapter's own decisions (queued, undone, drained) go into a failure's log
+        events::keep_lines();
+        events::take_lines();
         let mut contender = connect(url).await;
         let contender_pid = pid_of(&mut contender).await;
         let mut live = BTreeSet::new();
@@ -116,13 +75,13 @@ impl World {
 
     pub fn note(&mut self, what: impl Into<String>) {
         self.ops += 1;
-        self.log.append(&mut capture::EVENTS.lock().unwrap());
+        self.log.append(&mut events::take_lines());
         self.log.push(what.into());
     }
 
     pub fn fail(&self, what: &str) -> ! {
         let mut log = self.log.clone();
-        log.append(&mut capture::EVENTS.lock().unwrap());
+        log.append(&mut events::take_lines());
         let tail: Vec<_> = log.iter().rev().take(60).rev().collect();
         panic!(
             "seed={} (replay: ADVISORY_MODEL_SEED={}): {what}\nlast steps:\n  {}",
