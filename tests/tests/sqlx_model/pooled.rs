@@ -279,7 +279,8 @@ pub async fn pool_kind(w: &mut World, pool: &PgPool, mut budget: usize) {
                 let certain = w.blocked(-1, k, mode);
                 let blocked = w.maybe_blocked(-1, k, mode);
                 let cancel = w.chance(0.25).then(|| w.rng.gen_range(1..4));
-                if blocked && how == Wait::Block && cancel.is_none() {
+                // a cancelled wait leaves its closed checkout's backend queued until the wait ends: bound it
+                if blocked && how == Wait::Block {
                     how = Wait::Timeout;
                 }
                 let mut fut = Box::pin(pool_acquire(pool, k, mode, how));
