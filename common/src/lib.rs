@@ -7,6 +7,7 @@
 //!   ([`Key::name`], plus compatibility presets [`Key::sqlx`] and [`Key::postgresql_lock`]);
 //! * [`sql`]: every SQL statement the adapters send, as `&'static str` so drivers can cache the
 //!   prepared statement, with keys always bound as parameters;
+//! * [`schema`]: the SQL shipped to users (`advisory_key(text)`, the `advisory_locks` view);
 //! * [`LockInfo`]: `pg_locks` + `pg_stat_activity` rows decoded back into [`Key`]s;
 //! * [`ErrorKind`] and [`classify_sqlstate`]: the one place that maps a SQLSTATE to a lock failure, so
 //!   both adapters report the same error for the same server answer.
@@ -26,6 +27,7 @@
 mod error;
 mod info;
 mod key;
+pub mod schema;
 pub mod sql;
 mod timeout;
 

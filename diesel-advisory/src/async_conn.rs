@@ -64,7 +64,7 @@ use crate::request::{Failed, How, Request, async_lock_methods, granted};
 /// use diesel_advisory::prelude::*;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+/// let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
 ///
 /// let guard = conn.advisory_lock("orders:42").await?;
 /// guard.release().await?;
@@ -88,7 +88,7 @@ pub trait AsyncLockExt: Sized {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// let guard = conn.advisory_lock((7, 9)).await?;
     /// assert_eq!(guard.key(), diesel_advisory::Key::Pair(7, 9));
     /// # Ok(())
@@ -110,7 +110,7 @@ pub trait AsyncLockExt: Sized {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// assert!(conn.advisory_lock_shared("config").await?.is_shared());
     /// # Ok(())
     /// # }
@@ -132,7 +132,7 @@ pub trait AsyncLockExt: Sized {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// if let Some(guard) = conn.try_advisory_lock("nightly-report").await? {
     ///     guard.release().await?;
     /// }
@@ -155,7 +155,7 @@ pub trait AsyncLockExt: Sized {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// assert!(conn.try_advisory_lock_shared(1_i64).await?.is_some());
     /// # Ok(())
     /// # }
@@ -183,7 +183,7 @@ pub trait AsyncLockExt: Sized {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// let guard = conn.advisory_lock_timeout("orders:42", Duration::from_secs(5)).await?;
     /// # drop(guard);
     /// # Ok(())
@@ -208,7 +208,7 @@ pub trait AsyncLockExt: Sized {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// let guard = conn.advisory_lock_shared_timeout(5_i64, Duration::from_millis(200)).await?;
     /// # drop(guard);
     /// # Ok(())
@@ -227,7 +227,7 @@ pub trait AsyncLockExt: Sized {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// let mut guard = conn.advisory_lock(-78_i64).await?;
     /// let key = guard.key();
     /// assert!(guard.advisory_locks().await?.iter().any(|l| l.key == key));

@@ -95,7 +95,7 @@ impl<'c> AsyncLockGuard<'c> {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// let guard = conn.advisory_lock(12_i64).await?;
     /// guard.release().await?;
     /// # Ok(())

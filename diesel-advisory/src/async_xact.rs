@@ -26,7 +26,7 @@ use crate::request::{How, Request};
 /// use diesel_advisory::prelude::*;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+/// let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
 ///
 /// conn.transaction::<_, diesel::result::Error, _>(async |conn| {
 ///     conn.xact_lock("orders:42").await?;
@@ -51,7 +51,7 @@ pub trait AsyncXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// conn.transaction(async |conn| conn.xact_lock(3_i64).await).await?;
     /// # Ok(())
     /// # }
@@ -65,7 +65,7 @@ pub trait AsyncXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// conn.transaction(async |conn| conn.xact_lock_shared("config").await).await?;
     /// # Ok(())
     /// # }
@@ -83,7 +83,7 @@ pub trait AsyncXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// assert!(conn.transaction(async |conn| conn.try_xact_lock((1, 2)).await).await?);
     /// # Ok(())
     /// # }
@@ -100,7 +100,7 @@ pub trait AsyncXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// assert!(conn.transaction(async |conn| conn.try_xact_lock_shared((1, 3)).await).await?);
     /// # Ok(())
     /// # }
@@ -119,7 +119,7 @@ pub trait AsyncXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// conn.transaction(async |conn| conn.xact_lock_timeout("k", Duration::from_secs(1)).await)
     ///     .await?;
     /// # Ok(())
@@ -139,7 +139,7 @@ pub trait AsyncXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// conn.transaction(async |conn| conn.xact_lock_shared_timeout(8_i64, Duration::from_millis(100)).await)
     ///     .await?;
     /// # Ok(())

@@ -57,7 +57,7 @@ where
 /// use diesel_advisory::prelude::*;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+/// let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
 ///
 /// conn.transaction_with_xact_lock::<_, diesel::result::Error, _>("orders:42", async |conn| {
 ///     diesel::sql_query("SELECT 1").execute(conn).await?; // ... read, then INSERT or UPDATE ...
@@ -116,7 +116,7 @@ pub trait AsyncBeginXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// let got = conn
     ///     .transaction_with_xact_lock(7_i64, async |conn| conn.try_xact_lock(7_i64).await)
     ///     .await?;
@@ -144,7 +144,7 @@ pub trait AsyncBeginXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// conn.transaction_with_xact_lock_shared::<_, diesel::result::Error, _>("config", async |conn| {
     ///     diesel::sql_query("SELECT 1").execute(conn).await?; // readers do not exclude each other
     ///     Ok(())
@@ -176,8 +176,8 @@ pub trait AsyncBeginXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
-    /// # let mut other = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+    /// # let mut other = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// let _held = other.advisory_lock((4, 2)).await?; // another session holds (4, 2)
     /// let r = conn
     ///     .transaction_with_xact_lock_timeout((4, 2), Duration::from_millis(50), async |_| Ok(()))
@@ -208,7 +208,7 @@ pub trait AsyncBeginXactLockExt {
     /// # use diesel_advisory::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_tests::db().url()).await?;
+    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
     /// let n = conn
     ///     .transaction_with_xact_lock_shared_timeout("config", Duration::from_secs(1), async |_| {
     ///         Ok::<_, diesel_advisory::Error>(42)

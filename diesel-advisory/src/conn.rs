@@ -45,7 +45,7 @@ use crate::stmt::{LocksRow, decode_locks, locks_stmt};
 /// ```
 /// use diesel::prelude::*;
 /// use diesel_advisory::prelude::*;
-/// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+/// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
 ///
 /// let guard = conn.advisory_lock("orders:42")?;       // waits until granted
 /// // ... the guard derefs to the connection: use it for queries ...
@@ -73,7 +73,7 @@ pub trait LockExt: Sized {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let guard = conn.advisory_lock((7, 9))?;
     /// assert_eq!(guard.key(), diesel_advisory::Key::Pair(7, 9));
     /// # Ok::<(), diesel_advisory::Error>(())
@@ -90,7 +90,7 @@ pub trait LockExt: Sized {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let guard = conn.advisory_lock_shared("config")?;
     /// assert!(guard.is_shared());
     /// # Ok::<(), diesel_advisory::Error>(())
@@ -106,7 +106,7 @@ pub trait LockExt: Sized {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// match conn.try_advisory_lock("nightly-report")? {
     ///     Some(guard) => guard.release()?,
     ///     None => println!("someone else is running it"),
@@ -124,7 +124,7 @@ pub trait LockExt: Sized {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// assert!(conn.try_advisory_lock_shared(1_i64)?.is_some());
     /// # Ok::<(), diesel_advisory::Error>(())
     /// ```
@@ -143,7 +143,7 @@ pub trait LockExt: Sized {
     /// # use std::time::Duration;
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let guard = conn.advisory_lock_timeout("orders:42", Duration::from_secs(5))?;
     /// # drop(guard);
     /// # Ok::<(), diesel_advisory::Error>(())
@@ -165,7 +165,7 @@ pub trait LockExt: Sized {
     /// # use std::time::Duration;
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let guard = conn.advisory_lock_shared_timeout(5_i64, Duration::from_millis(200))?;
     /// # drop(guard);
     /// # Ok::<(), diesel_advisory::Error>(())
@@ -182,7 +182,7 @@ pub trait LockExt: Sized {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let mut guard = conn.advisory_lock(-77_i64)?;
     /// let key = guard.key();
     /// assert!(guard.advisory_locks()?.iter().any(|l| l.key == key && l.granted));

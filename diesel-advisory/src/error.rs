@@ -104,6 +104,36 @@ impl Error {
     }
 }
 
+/// `pool.get()?` inside a function returning [`Error`]: an r2d2 checkout failure becomes
+/// [`Error::Pool`].
+#[cfg(feature = "r2d2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+impl From<diesel::r2d2::PoolError> for Error {
+    fn from(err: diesel::r2d2::PoolError) -> Error {
+        Error::pool(err)
+    }
+}
+
+/// `pool.get().await?` inside a function returning [`Error`]: a bb8 checkout failure becomes
+/// [`Error::Pool`].
+#[cfg(feature = "bb8")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
+impl From<bb8::RunError<diesel_async::pooled_connection::PoolError>> for Error {
+    fn from(err: bb8::RunError<diesel_async::pooled_connection::PoolError>) -> Error {
+        Error::pool(err)
+    }
+}
+
+/// `pool.get().await?` inside a function returning [`Error`]: a deadpool checkout failure
+/// becomes [`Error::Pool`].
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
+    fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Error {
+        Error::pool(err)
+    }
+}
+
 /// The SQLSTATE of a diesel error, as far as it can be known.
 ///
 /// diesel's [`DatabaseErrorInformation`](diesel::result::DatabaseErrorInformation) does not expose

@@ -152,7 +152,7 @@ impl<'c> LockGuard<'c> {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let guard = conn.advisory_lock(12_i64)?;
     /// guard.release()?;
     /// # Ok::<(), diesel_advisory::Error>(())

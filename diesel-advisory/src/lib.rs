@@ -9,7 +9,7 @@
 //! # #[cfg(feature = "sync")] fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use diesel::prelude::*;
 //! use diesel_advisory::prelude::*;
-//! # let url = advisory_tests::db().url();
+//! # let url = advisory_harness::db().url();
 //!
 //! let mut conn = PgConnection::establish(url)?;
 //! {
@@ -88,11 +88,14 @@
 //! diesel does not expose an error's SQLSTATE, so lock failures (`Timeout`, `Deadlock`,
 //! `LockTableFull`, `ConnectionLost`) are recognised by the server's primary message. If the
 //! server's `lc_messages` selects a translated language, they arrive as [`Error::Database`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 // With neither `sync` nor `async` only the error type is left.
 #![cfg_attr(not(any(feature = "sync", feature = "async")), allow(dead_code))]
+
+pub mod schema;
 
 mod error;
 mod request;

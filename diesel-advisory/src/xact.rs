@@ -31,7 +31,7 @@ use crate::request::{How, Request};
 /// ```
 /// use diesel::prelude::*;
 /// use diesel_advisory::prelude::*;
-/// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+/// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
 ///
 /// conn.transaction::<_, diesel::result::Error, _>(|conn| {
 ///     conn.xact_lock("orders:42")?;
@@ -53,7 +53,7 @@ pub trait XactLockExt {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// conn.transaction(|conn| conn.xact_lock(3_i64))?;
     /// # Ok::<(), diesel_advisory::Error>(())
     /// ```
@@ -64,7 +64,7 @@ pub trait XactLockExt {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// conn.transaction(|conn| conn.xact_lock_shared("config"))?;
     /// # Ok::<(), diesel_advisory::Error>(())
     /// ```
@@ -76,7 +76,7 @@ pub trait XactLockExt {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let got = conn.transaction(|conn| conn.try_xact_lock((1, 2)))?;
     /// assert!(got);
     /// # Ok::<(), diesel_advisory::Error>(())
@@ -89,7 +89,7 @@ pub trait XactLockExt {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// assert!(conn.transaction(|conn| conn.try_xact_lock_shared((1, 3)))?);
     /// # Ok::<(), diesel_advisory::Error>(())
     /// ```
@@ -105,7 +105,7 @@ pub trait XactLockExt {
     /// # use std::time::Duration;
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// conn.transaction(|conn| conn.xact_lock_timeout("orders:42", Duration::from_secs(1)))?;
     /// # Ok::<(), diesel_advisory::Error>(())
     /// ```
@@ -118,7 +118,7 @@ pub trait XactLockExt {
     /// # use std::time::Duration;
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// conn.transaction(|conn| conn.xact_lock_shared_timeout(8_i64, Duration::from_millis(100)))?;
     /// # Ok::<(), diesel_advisory::Error>(())
     /// ```

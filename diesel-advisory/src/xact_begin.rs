@@ -37,7 +37,7 @@ use crate::request::{How, Request};
 /// ```
 /// use diesel::prelude::*;
 /// use diesel_advisory::prelude::*;
-/// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+/// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
 ///
 /// // one round trip: lock + BEGIN; then the closure; then COMMIT (which releases the lock)
 /// conn.transaction_with_xact_lock::<_, diesel::result::Error, _>("orders:42", |conn| {
@@ -60,7 +60,7 @@ pub trait BeginXactLockExt {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let got = conn.transaction_with_xact_lock(7_i64, |conn| conn.try_xact_lock(7_i64))?;
     /// assert!(got, "re-entrant: the transaction already holds 7");
     /// # Ok::<(), diesel_advisory::Error>(())
@@ -76,7 +76,7 @@ pub trait BeginXactLockExt {
     /// ```
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// conn.transaction_with_xact_lock_shared("config", |conn| -> Result<(), diesel::result::Error> {
     ///     diesel::sql_query("SELECT 1").execute(conn)?; // readers do not exclude each other
     ///     Ok(())
@@ -101,8 +101,8 @@ pub trait BeginXactLockExt {
     /// # use std::time::Duration;
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
-    /// # let mut other = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+    /// # let mut other = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let _held = other.advisory_lock((4, 2))?; // another session holds (4, 2)
     /// let r = conn.transaction_with_xact_lock_timeout((4, 2), Duration::from_millis(50), |_| Ok(()));
     /// assert!(matches!(r, Err(diesel_advisory::Error::Timeout { .. })));
@@ -125,7 +125,7 @@ pub trait BeginXactLockExt {
     /// # use std::time::Duration;
     /// # use diesel::prelude::*;
     /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_tests::db().url()).unwrap();
+    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
     /// let n = conn.transaction_with_xact_lock_shared_timeout(
     ///     "config",
     ///     Duration::from_secs(1),

@@ -1,2 +1,1 @@
-DROP VIEW IF EXISTS advisory_locks;
-DROP FUNCTION IF EXISTS advisory_key(text);
+../../common/sql/uninstall.sql

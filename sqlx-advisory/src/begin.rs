@@ -52,7 +52,7 @@ pub trait BeginXactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::BeginXactLockExt;
     /// let mut tx = pool.begin_with_xact_lock("orders:42").await?;
     /// sqlx::query("SELECT 1").execute(&mut *tx).await?; // the read-modify-write of order 42
@@ -69,7 +69,7 @@ pub trait BeginXactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::BeginXactLockExt;
     /// let a = pool.begin_with_xact_lock_shared(8_i64).await?;
     /// let b = pool.begin_with_xact_lock_shared(8_i64).await?; // readers do not exclude each other
@@ -89,7 +89,7 @@ pub trait BeginXactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use std::time::Duration;
     /// use sqlx_advisory::{BeginXactLockExt, Error};
     /// let held = pool.begin_with_xact_lock((4, 2)).await?;
@@ -112,7 +112,7 @@ pub trait BeginXactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use std::time::Duration;
     /// use sqlx_advisory::BeginXactLockExt;
     /// let mut conn = pool.acquire().await?;

@@ -63,7 +63,7 @@ pub trait LockExt: Sized + sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::LockExt;
     /// let guard = pool.advisory_lock("orders:42").await?;
     /// // ... the read-modify-write of order 42, on `guard` (a PgConnection) or any other ...
@@ -82,7 +82,7 @@ pub trait LockExt: Sized + sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::LockExt;
     /// let a = pool.advisory_lock_shared(7_i64).await?;
     /// let b = pool.advisory_lock_shared(7_i64).await?; // readers do not exclude each other
@@ -102,7 +102,7 @@ pub trait LockExt: Sized + sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::LockExt;
     /// let held = pool.advisory_lock((1, 99)).await?;
     /// assert!(pool.try_advisory_lock((1, 99)).await?.is_none()); // another session
@@ -120,7 +120,7 @@ pub trait LockExt: Sized + sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::LockExt;
     /// let mut conn = pool.acquire().await?;
     /// let guard = conn.try_advisory_lock_shared("report").await?.expect("free");
@@ -149,7 +149,7 @@ pub trait LockExt: Sized + sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use std::time::Duration;
     /// use sqlx_advisory::{Error, LockExt};
     /// let held = pool.advisory_lock(-5_i64).await?;
@@ -168,7 +168,7 @@ pub trait LockExt: Sized + sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use std::time::Duration;
     /// use sqlx_advisory::LockExt;
     /// let g = pool.advisory_lock_shared_timeout("cfg", Duration::from_secs(1)).await?;
@@ -186,7 +186,7 @@ pub trait LockExt: Sized + sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::{Key, LockExt};
     /// let g = pool.advisory_lock((3, 14)).await?;
     /// assert!(pool.advisory_locks().await?.iter().any(|l| l.key == Key::Pair(3, 14) && l.granted));

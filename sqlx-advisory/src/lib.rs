@@ -3,7 +3,7 @@
 //!
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let url = advisory_tests::db().url();
+//! # let url = advisory_harness::db().url();
 //! use std::time::Duration;
 //! use sqlx_advisory::prelude::*;
 //!
@@ -47,6 +47,7 @@
 //! * Timeouts are server-side (`lock_timeout`), one round trip, and leave the session's
 //!   `lock_timeout` and the caller's transaction as they were.
 //! * Transaction-scope calls outside a transaction return [`Error::NotInTransaction`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
@@ -60,6 +61,8 @@ mod guard;
 mod xact;
 
 mod pool;
+
+pub mod schema;
 
 pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
 pub use error::Error;

@@ -33,7 +33,7 @@ pub trait XactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::XactLockExt;
     /// let mut tx = pool.begin().await?;
     /// tx.xact_lock("orders:42").await?;
@@ -46,7 +46,7 @@ pub trait XactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::{Error, XactLockExt};
     /// let mut conn = pool.acquire().await?;
     /// // not in a transaction: refused, nothing sent
@@ -66,7 +66,7 @@ pub trait XactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::XactLockExt;
     /// let mut tx = pool.begin().await?;
     /// assert!(tx.try_xact_lock((5, 6)).await?);
@@ -80,7 +80,7 @@ pub trait XactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use sqlx_advisory::XactLockExt;
     /// let mut tx = pool.begin().await?;
     /// assert!(tx.try_xact_lock_shared("cfg").await?);
@@ -97,7 +97,7 @@ pub trait XactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use std::time::Duration;
     /// use sqlx_advisory::XactLockExt;
     /// let mut tx = pool.begin().await?;
@@ -116,7 +116,7 @@ pub trait XactLockExt: Sized + crate::conn::sealed::Sealed {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_tests::db().url()).await?;
+    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
     /// use std::time::Duration;
     /// use sqlx_advisory::XactLockExt;
     /// let mut tx = pool.begin().await?;

@@ -56,7 +56,7 @@ impl Checkout for Bb8Conn {
 /// use diesel_advisory::prelude::*;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = advisory_tests::db().url();
+/// # let url = advisory_harness::db().url();
 /// let pool = Pool::builder()
 ///     .max_size(2)
 ///     .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))

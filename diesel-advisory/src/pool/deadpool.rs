@@ -52,7 +52,7 @@ impl Checkout for DeadpoolConn {
 /// use diesel_advisory::prelude::*;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = advisory_tests::db().url();
+/// # let url = advisory_harness::db().url();
 /// let pool = Pool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
 ///     .max_size(2)
 ///     .build()?;

@@ -35,7 +35,7 @@ type R2d2Conn = PooledConnection<ConnectionManager<PgConnection>>;
 /// use diesel::prelude::*;
 /// use diesel::r2d2::{ConnectionManager, Pool};
 /// use diesel_advisory::prelude::*;
-/// # let url = advisory_tests::db().url();
+/// # let url = advisory_harness::db().url();
 ///
 /// let pool = Pool::builder().max_size(2).build(ConnectionManager::<PgConnection>::new(url))?;
 /// let guard = pool.advisory_lock("orders:42")?;

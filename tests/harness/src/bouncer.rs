@@ -53,7 +53,7 @@ impl Db {
         let dir = std::env::temp_dir().join(format!(
             "advisory-test-bouncer-{}-{}",
             std::process::id(),
-            rand::random::<u32>()
+            crate::cluster::random_suffix()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let as_postgres = is_root(); // pgbouncer refuses to run as root

@@ -4,11 +4,13 @@
 //! `pool.advisory_lock(key)` around each read-modify-write, neither happens.
 //!
 //! ```sh
-//! cargo run -p advisory-tests --example insert_update_race
+//! cargo run -p sqlx-advisory --example insert_update_race
 //! ```
 //!
-//! Uses `DATABASE_URL` if set, otherwise a throwaway PostgreSQL from the installed server binaries.
-//! Exits non-zero if the locked run shows any anomaly.
+//! Uses `DATABASE_URL` if set (any database the role can create a table in; the example creates
+//! `advisory_example_counters` if it is missing, and drops it again if it created it), otherwise a
+//! throwaway PostgreSQL from the installed server binaries. Exits non-zero if the locked run shows
+//! any anomaly.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,20 +35,20 @@ struct Outcome {
 /// The short pause stands for the application's work between the read and the write.
 async fn read_then_write(conn: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
     let current: Option<i64> =
-        sqlx::query_scalar("SELECT value FROM advisory_test_counters WHERE id = $1")
+        sqlx::query_scalar("SELECT value FROM advisory_example_counters WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;
     tokio::time::sleep(Duration::from_micros(500)).await;
     match current {
         None => {
-            sqlx::query("INSERT INTO advisory_test_counters (id, value) VALUES ($1, 1)")
+            sqlx::query("INSERT INTO advisory_example_counters (id, value) VALUES ($1, 1)")
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
         }
         Some(v) => {
-            sqlx::query("UPDATE advisory_test_counters SET value = $2 WHERE id = $1")
+            sqlx::query("UPDATE advisory_example_counters SET value = $2 WHERE id = $1")
                 .bind(id)
                 .bind(v + 1)
                 .execute(&mut *conn)
@@ -98,12 +100,12 @@ async fn round(pool: &PgPool, id: &str, locked: bool) -> Result<(Outcome, i64), 
         total.duplicate_key += o.duplicate_key;
         total.other_errors += o.other_errors;
     }
-    let value: i64 = sqlx::query_scalar("SELECT value FROM advisory_test_counters WHERE id = $1")
+    let value: i64 = sqlx::query_scalar("SELECT value FROM advisory_example_counters WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?
         .unwrap_or(0);
-    sqlx::query("DELETE FROM advisory_test_counters WHERE id = $1")
+    sqlx::query("DELETE FROM advisory_example_counters WHERE id = $1")
         .bind(id)
         .execute(pool)
         .await?;
@@ -114,8 +116,8 @@ async fn round(pool: &PgPool, id: &str, locked: bool) -> Result<(Outcome, i64), 
 async fn run(pool: &PgPool, label: &str, locked: bool) -> Result<(Outcome, i64), sqlx::Error> {
     let mut total = Outcome::default();
     let mut value = 0;
-    for _ in 0..ROUNDS {
-        let id = advisory_tests::unique_name(label);
+    for round_no in 0..ROUNDS {
+        let id = format!("{label}-{}-{round_no}", std::process::id());
         let (o, v) = round(pool, &id, locked).await?;
         total.written += o.written;
         total.duplicate_key += o.duplicate_key;
@@ -140,32 +142,54 @@ fn report(label: &str, o: &Outcome, value: i64, took: Duration) -> bool {
     o.duplicate_key == 0 && lost == 0 && o.other_errors == 0 && value == attempts as i64
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = match std::env::var("DATABASE_URL") {
-        Ok(u) if !u.trim().is_empty() => u,
-        _ => tokio::task::spawn_blocking(|| advisory_tests::db().url().to_owned()).await?,
-    };
-    let pool = PgPoolOptions::new()
-        .max_connections(TASKS as u32 + 2)
-        .connect(&url)
+/// The example's table, created when missing. Returns whether this run created it (and so must
+/// drop it at the end, leaving the database as it found it).
+async fn create_table(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('advisory_example_counters') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !exists {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS advisory_example_counters (id text PRIMARY KEY, value bigint NOT NULL)",
+        )
+        .execute(pool)
         .await?;
+    }
+    Ok(!exists)
+}
+
+async fn demo(pool: &PgPool) -> Result<bool, Box<dyn std::error::Error>> {
     println!(
         "{ROUNDS} rounds; per round {TASKS} tasks x {INCREMENTS} read-then-INSERT-or-UPDATE on one new primary key\n"
     );
-
     let started = Instant::now();
-    let (o, v) = run(&pool, "race-unlocked", false).await?;
+    let (o, v) = run(pool, "race-unlocked", false).await?;
     let clean = report("without a lock", &o, v, started.elapsed());
     if clean {
         println!("  (no anomaly this time: the race is timing-dependent; run it again)");
     }
-
     let started = Instant::now();
-    let (o, v) = run(&pool, "race-locked", true).await?;
-    let locked_clean = report("\nwith pool.advisory_lock(key)", &o, v, started.elapsed());
+    let (o, v) = run(pool, "race-locked", true).await?;
+    Ok(report("\nwith pool.advisory_lock(key)", &o, v, started.elapsed()))
+}
 
-    if !locked_clean {
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // DATABASE_URL, or a throwaway cluster (blocking: it runs initdb)
+    let url = tokio::task::spawn_blocking(advisory_harness::example_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(TASKS as u32 + 2)
+        .connect(&url)
+        .await?;
+    let created = create_table(&pool).await?;
+    let outcome = demo(&pool).await;
+    if created {
+        sqlx::query("DROP TABLE advisory_example_counters")
+            .execute(&pool)
+            .await?;
+    }
+    if !outcome? {
         eprintln!("\nFAIL: the locked run showed an anomaly");
         std::process::exit(1);
     }

@@ -156,7 +156,7 @@ impl Cluster {
         let data = std::env::temp_dir().join(format!(
             "advisory-test-pg-{}-{}",
             std::process::id(),
-            rand::random::<u32>()
+            crate::cluster::random_suffix()
         ));
         std::fs::create_dir_all(&data)
             .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
@@ -347,4 +347,16 @@ fn find_bin_dir() -> Option<PathBuf> {
 pub(crate) fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// A random suffix for a temporary directory name (std only: a freshly seeded `RandomState`).
+pub(crate) fn random_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
 }
