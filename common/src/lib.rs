@@ -5,6 +5,8 @@
 //!
 //! * [`Key`]: the two advisory key spaces of PostgreSQL and the string → key derivations
 //!   ([`Key::name`], plus compatibility presets [`Key::sqlx`] and [`Key::postgresql_lock`]);
+//! * [`Preset`], [`Namespace`], [`migration_keys`]: other ecosystems' key derivations, scoped
+//!   names, and the keys migration tools lock;
 //! * [`sql`]: every SQL statement the adapters send, as `&'static str` so drivers can cache the
 //!   prepared statement, with keys always bound as parameters;
 //! * [`schema`]: the SQL shipped to users (`advisory_key(text)`, the `advisory_locks` view);
@@ -24,9 +26,14 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+mod crc32;
 mod error;
 mod info;
+mod interop;
 mod key;
+pub mod migration_keys;
+mod namespace;
+mod preset;
 pub mod schema;
 pub mod sql;
 mod timeout;
@@ -34,4 +41,6 @@ mod timeout;
 pub use error::{ErrorKind, classify_sqlstate, sqlstate_from_message};
 pub use info::{LockInfo, LockMode};
 pub use key::{Key, KeySpace};
+pub use namespace::Namespace;
+pub use preset::{ParsePresetError, Preset};
 pub use timeout::{TimeoutOutOfRange, timeout_millis};

@@ -127,6 +127,7 @@ mod holds;
 mod pool;
 
 pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
+pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::{Error, PoolError};
 
 #[cfg(feature = "sync")]

@@ -65,6 +65,7 @@ mod pool;
 pub mod schema;
 
 pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
+pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::Error;
 
 pub use begin::BeginXactLockExt;
