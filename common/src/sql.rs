@@ -266,6 +266,13 @@ pub fn request_tag(tag: u64) -> String {
 pub const CANCEL_TAGGED_WAIT: &str = "SELECT pg_cancel_backend(pid) AS cancelled FROM pg_catalog.pg_stat_activity \
      WHERE pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock' AND starts_with(query, $1)";
 
+/// Cancel the lock wait of one backend (parameter: its pid, `int4`), from another session: for a
+/// client that stops waiting (`pg-advisory run` interrupted by a signal) and cannot send a protocol
+/// cancel request. Only a backend that is waiting for a lock right now is signalled (one row, or
+/// none), so a backend that has moved on is left alone.
+pub const CANCEL_LOCK_WAIT: &str = "SELECT pg_cancel_backend(pid) AS cancelled FROM pg_catalog.pg_stat_activity \
+     WHERE pid = $1::int4 AND state = 'active' AND wait_event_type = 'Lock'";
+
 /// Releases every session-level advisory lock of the session. Returns no rows of interest.
 pub const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
 
@@ -434,6 +441,28 @@ pub const LOCKS_SQL: &str = "SELECT l.classid::int8 AS classid, l.objid::int8 AS
      WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
      ORDER BY l.granted DESC, l.pid, l.classid, l.objid, l.objsubid";
 
+/// [`LOCKS_SQL`]'s twelve columns (same text, same order: decode them with
+/// [`LockInfo::from_row`](crate::LockInfo::from_row)) followed by what a person looking for a stuck
+/// lock also wants, for the `pg-advisory list` command. Ordered by key, holders first, then
+/// waiters in the order they started waiting. No parameters. Extra columns, in order:
+///
+/// | column | type | |
+/// |---|---|---|
+/// | `client_addr` | `text` (nullable) | `host(pg_stat_activity.client_addr)`; NULL for a Unix socket |
+/// | `session_seconds` | `float8` (nullable) | age of the session (`backend_start`): an upper bound on how long it has held a session lock |
+/// | `blocked_by` | `int4[]` | `pg_blocking_pids(pid)` for a waiting row, empty for a granted one |
+pub const LOCKS_DETAIL_SQL: &str = "SELECT l.classid::int8 AS classid, l.objid::int8 AS objid, l.objsubid::int4 AS objsubid, \
+     l.mode AS mode, l.granted AS granted, l.pid AS pid, a.application_name AS application_name, \
+     a.usename::text AS usename, a.state AS state, \
+     extract(epoch FROM clock_timestamp() - l.waitstart)::float8 AS wait_seconds, \
+     extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS xact_seconds, a.query AS query, \
+     host(a.client_addr) AS client_addr, \
+     extract(epoch FROM clock_timestamp() - a.backend_start)::float8 AS session_seconds, \
+     CASE WHEN l.granted THEN '{}'::int4[] ELSE pg_catalog.pg_blocking_pids(l.pid) END AS blocked_by \
+     FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+     ORDER BY l.classid, l.objid, l.objsubid, l.granted DESC, l.waitstart NULLS FIRST, l.pid";
+
 /// Every statement text this module can produce with its expected number of bound parameters,
 /// for tests that execute them all.
 pub fn all_statements() -> Vec<(String, usize)> {
@@ -462,7 +491,13 @@ pub fn all_statements() -> Vec<(String, usize)> {
             out.push((held_sql(mode, space).to_owned(), keys));
         }
     }
-    for s in [UNLOCK_ALL, SHOW_LOCK_TIMEOUT, BACKEND_PID, LOCKS_SQL] {
+    for s in [
+        UNLOCK_ALL,
+        SHOW_LOCK_TIMEOUT,
+        BACKEND_PID,
+        LOCKS_SQL,
+        LOCKS_DETAIL_SQL,
+    ] {
         out.push((s.to_owned(), 0));
     }
     out
@@ -608,6 +643,47 @@ mod tests {
                     )
                 );
             }
+        }
+    }
+
+    /// `LOCKS_DETAIL_SQL` starts with exactly `LOCKS_SQL`'s columns (so `LockInfo::from_row`
+    /// decodes its first twelve), reads the same rows, and binds nothing.
+    #[test]
+    fn locks_detail_extends_locks() {
+        let cols = |s: &'static str| &s[..s.find(" FROM pg_catalog.pg_locks").unwrap()];
+        let from = |s: &'static str| {
+            let f = &s[s.find(" FROM pg_catalog.pg_locks").unwrap()..];
+            &f[..f.find(" ORDER BY").unwrap()]
+        };
+        let base = cols(LOCKS_SQL);
+        let detail = cols(LOCKS_DETAIL_SQL);
+        assert!(detail.starts_with(&format!("{base}, ")), "{detail}");
+        assert_eq!(from(LOCKS_SQL), from(LOCKS_DETAIL_SQL));
+        assert_eq!(
+            detail.matches(" AS ").count(),
+            base.matches(" AS ").count() + 3
+        );
+        for c in [
+            "client_addr",
+            "session_seconds",
+            "blocked_by",
+            "pg_blocking_pids(l.pid)",
+        ] {
+            assert!(detail.contains(c), "{c}");
+        }
+        assert_eq!(params(LOCKS_DETAIL_SQL), 0);
+        assert!(all_statements().contains(&(LOCKS_DETAIL_SQL.to_owned(), 0)));
+    }
+
+    #[test]
+    fn cancel_lock_wait_targets_one_waiting_backend() {
+        assert_eq!(params(CANCEL_LOCK_WAIT), 1);
+        for c in [
+            "pid = $1::int4",
+            "wait_event_type = 'Lock'",
+            "state = 'active'",
+        ] {
+            assert!(CANCEL_LOCK_WAIT.contains(c), "{c}");
         }
     }
 }
