@@ -51,19 +51,28 @@ fn increment(conn: &mut PgConnection, id: &str) -> QueryResult<()> {
         .optional()?;
     std::thread::sleep(std::time::Duration::from_micros(500));
     match current {
-        None => diesel::sql_query("INSERT INTO advisory_example_counters (id, value) VALUES ($1, 1)")
-            .bind::<Text, _>(id)
-            .execute(conn)?,
-        Some(v) => diesel::sql_query("UPDATE advisory_example_counters SET value = $2 WHERE id = $1")
-            .bind::<Text, _>(id)
-            .bind::<BigInt, _>(v.value + 1)
-            .execute(conn)?,
+        None => {
+            diesel::sql_query("INSERT INTO advisory_example_counters (id, value) VALUES ($1, 1)")
+                .bind::<Text, _>(id)
+                .execute(conn)?
+        }
+        Some(v) => {
+            diesel::sql_query("UPDATE advisory_example_counters SET value = $2 WHERE id = $1")
+                .bind::<Text, _>(id)
+                .bind::<BigInt, _>(v.value + 1)
+                .execute(conn)?
+        }
     };
     Ok(())
 }
 
 /// One worker's increments. `Ok(true)`: written; `Ok(false)`: a duplicate-key error.
-fn attempt(pool: &PgPool, id: &str, worker: usize, locked: bool) -> Result<bool, diesel_advisory::Error> {
+fn attempt(
+    pool: &PgPool,
+    id: &str,
+    worker: usize,
+    locked: bool,
+) -> Result<bool, diesel_advisory::Error> {
     let res = if !locked {
         let mut conn = pool.get()?; // r2d2's error converts with `?`
         conn.transaction(|conn| increment(conn, id))
@@ -93,7 +102,11 @@ fn attempt(pool: &PgPool, id: &str, worker: usize, locked: bool) -> Result<bool,
 
 /// `ROUNDS` rounds, each on a fresh primary key, all workers starting at once (barrier).
 /// Returns (writes that succeeded, duplicate-key errors, sum of the final values).
-fn run(pool: &PgPool, label: &str, locked: bool) -> Result<(u64, u64, i64), diesel_advisory::Error> {
+fn run(
+    pool: &PgPool,
+    label: &str,
+    locked: bool,
+) -> Result<(u64, u64, i64), diesel_advisory::Error> {
     let (mut written, mut duplicates, mut value) = (0, 0, 0);
     for round in 0..ROUNDS {
         let id = format!("{label}-{}-{round}", std::process::id());
@@ -105,7 +118,11 @@ fn run(pool: &PgPool, label: &str, locked: bool) -> Result<(u64, u64, i64), dies
                     barrier.wait();
                     let (mut ok, mut dup) = (0, 0);
                     for _ in 0..INCREMENTS {
-                        if attempt(&pool, &id, w, locked)? { ok += 1 } else { dup += 1 }
+                        if attempt(&pool, &id, w, locked)? {
+                            ok += 1
+                        } else {
+                            dup += 1
+                        }
                     }
                     Ok((ok, dup))
                 })
@@ -136,7 +153,10 @@ fn report(label: &str, (written, duplicates, value): (u64, u64, i64)) -> bool {
     println!("  duplicate-key errors (23505)     {duplicates}");
     println!("  writes that reported success     {written}");
     println!("  sum of the final counter values  {value}");
-    println!("  lost updates (success - value)   {}", written as i64 - value);
+    println!(
+        "  lost updates (success - value)   {}",
+        written as i64 - value
+    );
     duplicates == 0 && written as i64 == value && value == attempts as i64
 }
 
@@ -144,11 +164,10 @@ fn report(label: &str, (written, duplicates, value): (u64, u64, i64)) -> bool {
 /// drop it at the end, leaving the database as it found it).
 fn create_table(pool: &PgPool) -> Result<bool, diesel_advisory::Error> {
     let mut conn = pool.get()?;
-    let exists = diesel::sql_query(
-        "SELECT to_regclass('advisory_example_counters') IS NOT NULL AS exists",
-    )
-    .get_result::<Exists>(&mut conn)?
-    .exists;
+    let exists =
+        diesel::sql_query("SELECT to_regclass('advisory_example_counters') IS NOT NULL AS exists")
+            .get_result::<Exists>(&mut conn)?
+            .exists;
     if !exists {
         diesel::sql_query(
             "CREATE TABLE IF NOT EXISTS advisory_example_counters (id text PRIMARY KEY, value bigint NOT NULL)",
@@ -165,7 +184,10 @@ fn demo(pool: &PgPool) -> Result<bool, diesel_advisory::Error> {
     if report("without a lock", run(pool, "race-unlocked", false)?) {
         println!("  (no anomaly this time: the race is timing-dependent; run it again)");
     }
-    Ok(report("\nwith an advisory lock on the key", run(pool, "race-locked", true)?))
+    Ok(report(
+        "\nwith an advisory lock on the key",
+        run(pool, "race-locked", true)?,
+    ))
 }
 
 fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {

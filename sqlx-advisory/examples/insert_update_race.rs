@@ -100,11 +100,12 @@ async fn round(pool: &PgPool, id: &str, locked: bool) -> Result<(Outcome, i64), 
         total.duplicate_key += o.duplicate_key;
         total.other_errors += o.other_errors;
     }
-    let value: i64 = sqlx::query_scalar("SELECT value FROM advisory_example_counters WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .unwrap_or(0);
+    let value: i64 =
+        sqlx::query_scalar("SELECT value FROM advisory_example_counters WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(0);
     sqlx::query("DELETE FROM advisory_example_counters WHERE id = $1")
         .bind(id)
         .execute(pool)
@@ -171,7 +172,12 @@ async fn demo(pool: &PgPool) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let started = Instant::now();
     let (o, v) = run(pool, "race-locked", true).await?;
-    Ok(report("\nwith pool.advisory_lock(key)", &o, v, started.elapsed()))
+    Ok(report(
+        "\nwith pool.advisory_lock(key)",
+        &o,
+        v,
+        started.elapsed(),
+    ))
 }
 
 #[tokio::main]

@@ -15,7 +15,9 @@ async fn quickstart(database_url: &str) -> Result<(), sqlx_advisory::Error> {
     guard.release().await?;
 
     // Wait at most 5 s (server-side lock_timeout); Err(Error::Timeout { .. }) otherwise.
-    let _guard = pool.advisory_lock_timeout(42_i64, Duration::from_secs(5)).await?;
+    let _guard = pool
+        .advisory_lock_timeout(42_i64, Duration::from_secs(5))
+        .await?;
 
     // Transaction lock: released by COMMIT / ROLLBACK.
     let mut tx = pool.begin().await?;

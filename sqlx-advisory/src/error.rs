@@ -158,6 +158,10 @@ impl From<sqlx::Error> for Error {
                     }
                 }
             },
+            sqlx::Error::Configuration(e) => match e.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(e) => Error::Database(sqlx::Error::Configuration(e)),
+            },
             err @ sqlx::Error::Io(_) => Error::ConnectionLost { source: err },
             err @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => Error::Pool(err),
             err => Error::Database(err),
@@ -169,12 +173,14 @@ impl From<sqlx::Error> for Error {
 ///
 /// * Variants that wrap a `sqlx::Error` (`Deadlock`, `LockTableFull`, `ConnectionLost`, `Pool`,
 ///   `Database`) give back **that** error, so its SQLSTATE is not lost.
-/// * The others (`Timeout`, `NotInTransaction`, `AlreadyInTransaction`, `NotHeld`,
-///   `InvalidTimeout`) become `sqlx::Error::Database` carrying this error, with the SQLSTATE
-///   PostgreSQL uses for the same condition: `55P03` (lock_not_available), `25P01`
-///   (no_active_sql_transaction), `25001` (active_sql_transaction), none, `22023`
-///   (invalid_parameter_value). `Error::from(that)` gives the original back, and it is also the
-///   `source()` of the database error.
+/// * `Timeout` and `NotHeld` (the server answered) become `sqlx::Error::Database` carrying this
+///   error; `Timeout` reports PostgreSQL's SQLSTATE for it, `55P03` (lock_not_available).
+/// * `NotInTransaction`, `AlreadyInTransaction` and `InvalidTimeout`, refused before anything was
+///   sent, become `sqlx::Error::Configuration` carrying this error (sqlx has no variant for "refused
+///   by the library"; it prints `error with configuration: ...`, never "returned from database").
+///
+/// In every case `Error::from(that)` gives the original back, and it is the `source()` of the
+/// carrier.
 impl From<Error> for sqlx::Error {
     fn from(err: Error) -> sqlx::Error {
         match err {
@@ -182,6 +188,9 @@ impl From<Error> for sqlx::Error {
             | Error::LockTableFull { source, .. }
             | Error::ConnectionLost { source } => source,
             Error::Pool(e) | Error::Database(e) => e,
+            e @ (Error::NotInTransaction { .. }
+            | Error::AlreadyInTransaction { .. }
+            | Error::InvalidTimeout(_)) => sqlx::Error::Configuration(Box::new(e)),
             other => sqlx::Error::Database(Box::new(Carried::new(other))),
         }
     }
@@ -218,9 +227,6 @@ impl DatabaseError for Carried {
     fn code(&self) -> Option<Cow<'_, str>> {
         match self.0 {
             Error::Timeout { .. } => Some(Cow::Borrowed("55P03")),
-            Error::NotInTransaction { .. } => Some(Cow::Borrowed("25P01")),
-            Error::AlreadyInTransaction { .. } => Some(Cow::Borrowed("25001")),
-            Error::InvalidTimeout(_) => Some(Cow::Borrowed("22023")),
             _ => None,
         }
     }

@@ -31,7 +31,13 @@ const GONE_SQL: &str = "SELECT to_regprocedure('advisory_key(text)') IS NULL \
 fn isolate(label: &str) -> (String, String) {
     let schema: String = unique_name(label)
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     (
         format!("CREATE SCHEMA {schema}; SET search_path TO {schema}"),
@@ -44,42 +50,67 @@ async fn sqlx_schema_install_matches_key_name_and_uninstall_removes_it() {
     use sqlx_advisory::prelude::*;
     let mut conn = sqlx::PgConnection::connect(db().url()).await.unwrap();
     let (setup, teardown) = isolate("sqlx_schema");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(setup)).execute(&mut conn).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx_advisory::schema::install(&mut conn).await.unwrap();
     sqlx_advisory::schema::install(&mut conn).await.unwrap(); // idempotent
-    let k: i64 = sqlx::query_scalar(KEY_SQL).fetch_one(&mut conn).await.unwrap();
+    let k: i64 = sqlx::query_scalar(KEY_SQL)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(Key::BigInt(k), Key::name("orders:42"));
     {
         let mut guard = conn.advisory_lock("orders:42").await.unwrap();
-        let seen: i64 = sqlx::query_scalar(SEEN_SQL).fetch_one(&mut *guard).await.unwrap();
+        let seen: i64 = sqlx::query_scalar(SEEN_SQL)
+            .fetch_one(&mut *guard)
+            .await
+            .unwrap();
         assert_eq!(seen, 1, "the advisory_locks view decodes the held key");
         guard.release().await.unwrap();
     }
     sqlx_advisory::schema::uninstall(&mut conn).await.unwrap();
-    let gone: bool = sqlx::query_scalar(GONE_SQL).fetch_one(&mut conn).await.unwrap();
+    let gone: bool = sqlx::query_scalar(GONE_SQL)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert!(gone, "uninstall drops the function and the view");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(teardown)).execute(&mut conn).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(teardown))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
 
 #[test]
 fn diesel_schema_install_matches_key_name_and_uninstall_removes_it() {
+    use diesel::RunQueryDsl;
     use diesel::connection::SimpleConnection;
     use diesel_advisory::prelude::*;
-    use diesel::RunQueryDsl;
     let mut conn = PgConnection::establish(db().url()).unwrap();
     let (setup, teardown) = isolate("diesel_schema");
     conn.batch_execute(&setup).unwrap();
     diesel_advisory::schema::install(&mut conn).unwrap();
     diesel_advisory::schema::install(&mut conn).unwrap();
-    let k = diesel::sql_query(KEY_SQL).get_result::<Row>(&mut conn).unwrap().k;
+    let k = diesel::sql_query(KEY_SQL)
+        .get_result::<Row>(&mut conn)
+        .unwrap()
+        .k;
     assert_eq!(Key::BigInt(k), Key::name("orders:42"));
     {
         let mut guard = conn.advisory_lock("orders:42").unwrap();
-        let seen = diesel::sql_query(SEEN_SQL).get_result::<Row>(&mut *guard).unwrap();
+        let seen = diesel::sql_query(SEEN_SQL)
+            .get_result::<Row>(&mut *guard)
+            .unwrap();
         assert_eq!(seen.k, 1, "the advisory_locks view decodes the held key");
     }
     diesel_advisory::schema::uninstall(&mut conn).unwrap();
-    assert!(diesel::sql_query(GONE_SQL).get_result::<Flag>(&mut conn).unwrap().b);
+    assert!(
+        diesel::sql_query(GONE_SQL)
+            .get_result::<Flag>(&mut conn)
+            .unwrap()
+            .b
+    );
     conn.batch_execute(&teardown).unwrap();
 }
 
@@ -89,11 +120,25 @@ async fn diesel_async_schema_install_and_uninstall() {
     let mut conn = AsyncPgConnection::establish(db().url()).await.unwrap();
     let (setup, teardown) = isolate("diesel_async_schema");
     conn.batch_execute(&setup).await.unwrap();
-    diesel_advisory::schema::install_async(&mut conn).await.unwrap();
-    let k = diesel::sql_query(KEY_SQL).get_result::<Row>(&mut conn).await.unwrap().k;
+    diesel_advisory::schema::install_async(&mut conn)
+        .await
+        .unwrap();
+    let k = diesel::sql_query(KEY_SQL)
+        .get_result::<Row>(&mut conn)
+        .await
+        .unwrap()
+        .k;
     assert_eq!(Key::BigInt(k), Key::name("orders:42"));
-    diesel_advisory::schema::uninstall_async(&mut conn).await.unwrap();
-    assert!(diesel::sql_query(GONE_SQL).get_result::<Flag>(&mut conn).await.unwrap().b);
+    diesel_advisory::schema::uninstall_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        diesel::sql_query(GONE_SQL)
+            .get_result::<Flag>(&mut conn)
+            .await
+            .unwrap()
+            .b
+    );
     conn.batch_execute(&teardown).await.unwrap();
 }
 
@@ -101,7 +146,10 @@ async fn diesel_async_schema_install_and_uninstall() {
 /// sqlx-cli user of the repository and a user of the crates get the same objects.
 #[test]
 fn repository_migration_is_the_shipped_sql() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/2026-11-25-000000_advisory_locks");
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../migrations/2026-11-25-000000_advisory_locks"
+    );
     let up = std::fs::read_to_string(format!("{root}/up.sql")).unwrap();
     let down = std::fs::read_to_string(format!("{root}/down.sql")).unwrap();
     assert_eq!(up, advisory_common::schema::INSTALL);
@@ -128,7 +176,10 @@ fn readme_code_is_the_examples_ci_runs_and_its_links_resolve() {
             readme.contains(&format!("```rust\n{region}\n")),
             "README.md must show {example}'s README region verbatim"
         );
-        assert!(readme.contains(&format!("]({example})")), "README links {example}");
+        assert!(
+            readme.contains(&format!("]({example})")),
+            "README links {example}"
+        );
     }
     let mut rest = readme.as_str();
     while let Some(i) = rest.find("](") {

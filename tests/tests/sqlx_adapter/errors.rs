@@ -88,10 +88,17 @@ async fn question_mark_works_both_ways_inside_a_sqlx_transaction_closure() {
         }
         other => panic!("{other:?}"),
     }
-    // a variant that carries a driver error gives back that very error
+    // refused before anything was sent: not presented as a database error, and back unchanged
     let nit = sqlx::Error::from(Error::NotInTransaction { key });
-    assert_eq!(nit.as_database_error().unwrap().code().unwrap(), "25P01");
-    assert!(matches!(Error::from(nit), Error::NotInTransaction { .. }));
+    assert!(nit.as_database_error().is_none());
+    assert!(matches!(nit, sqlx::Error::Configuration(_)));
+    assert!(!nit.to_string().contains("database"), "{nit}");
+    assert!(matches!(Error::from(nit), Error::NotInTransaction { key: k } if k == key));
+    let bad = sqlx::Error::from(Error::InvalidTimeout(
+        advisory_common::timeout_millis(Duration::from_secs(u64::MAX)).unwrap_err(),
+    ));
+    assert!(matches!(Error::from(bad), Error::InvalidTimeout(_)));
+    // a variant that carries a driver error gives back that very error
     let db = sqlx::Error::from(Error::Database(sqlx::Error::RowNotFound));
     assert!(matches!(db, sqlx::Error::RowNotFound));
 }
