@@ -7,11 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 examples=(
-  "-p sqlx-advisory --example quickstart"
-  "-p sqlx-advisory --example insert_update_race"
-  "-p diesel-advisory --features r2d2 --example quickstart"
-  "-p diesel-advisory --features r2d2 --example insert_update_race"
-  "-p diesel-advisory --no-default-features --features bb8 --example quickstart_async"
+  "-p sqlx-advisory --example sqlx_quickstart"
+  "-p sqlx-advisory --example sqlx_insert_update_race"
+  "-p diesel-advisory --features r2d2 --example diesel_quickstart"
+  "-p diesel-advisory --features r2d2 --example diesel_insert_update_race"
+  "-p diesel-advisory --no-default-features --features bb8 --example diesel_async_quickstart"
 )
 
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)

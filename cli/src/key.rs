@@ -1,6 +1,6 @@
 //! Keys on the command line, and the `key` command.
 
-use advisory_common::{Key, Preset};
+use advisory_common::{Key, KeyValue, Preset};
 use serde_json::json;
 
 use crate::args::KeyArgs;
@@ -150,9 +150,9 @@ impl Row {
             "objsubid": s,
             "sql": self.sql,
         });
-        match self.key {
-            Key::BigInt(k) => v["bigint"] = json!(k),
-            Key::Pair(a, b) => v["pair"] = json!([a, b]),
+        match self.key.value() {
+            KeyValue::BigInt(k) => v["bigint"] = json!(k),
+            KeyValue::Pair(a, b) => v["pair"] = json!([a, b]),
         }
         v
     }
@@ -160,9 +160,9 @@ impl Row {
 
 /// `pg_advisory_lock(42)` / `pg_advisory_lock(1, 2)`: what to type in psql.
 fn lock_call(key: Key) -> String {
-    match key {
-        Key::BigInt(k) => format!("pg_advisory_lock({k})"),
-        Key::Pair(a, b) => format!("pg_advisory_lock({a}, {b})"),
+    match key.value() {
+        KeyValue::BigInt(k) => format!("pg_advisory_lock({k})"),
+        KeyValue::Pair(a, b) => format!("pg_advisory_lock({a}, {b})"),
     }
 }
 

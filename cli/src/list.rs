@@ -4,7 +4,7 @@ use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use advisory_common::sql::{self, Mode};
-use advisory_common::{Key, LockInfo, LockMode, Preset};
+use advisory_common::{Key, KeyValue, LockInfo, LockMode, Preset};
 use serde_json::json;
 use sqlx::{PgConnection, Row as _};
 
@@ -232,9 +232,9 @@ pub fn to_json(l: &Lock) -> serde_json::Value {
         "blocking": l.blocking,
         "query": i.query,
     });
-    match i.key {
-        Key::BigInt(k) => v["bigint"] = json!(k),
-        Key::Pair(a, b) => v["pair"] = json!([a, b]),
+    match i.key.value() {
+        KeyValue::BigInt(k) => v["bigint"] = json!(k),
+        KeyValue::Pair(a, b) => v["pair"] = json!([a, b]),
     }
     v
 }

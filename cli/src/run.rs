@@ -11,8 +11,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use advisory_common::Key;
 use advisory_common::sql::{self, Mode};
+use advisory_common::{Key, KeyValue};
 use rustix::process::Signal;
 use sqlx::{Connection as _, PgConnection, Postgres, Transaction};
 use sqlx_advisory::prelude::*;
@@ -44,9 +44,9 @@ impl Held<'_> {
             Held::Session(g) => g.is_held().await.map_err(|e| e.to_string()),
             Held::Xact { tx, key, mode } => {
                 let q = sqlx::query_scalar::<_, bool>(sql::held_sql(*mode, key.space()));
-                let q = match *key {
-                    Key::BigInt(k) => q.bind(k),
-                    Key::Pair(a, b) => q.bind(a).bind(b),
+                let q = match key.value() {
+                    KeyValue::BigInt(k) => q.bind(k),
+                    KeyValue::Pair(a, b) => q.bind(a).bind(b),
                 };
                 q.fetch_one(&mut **tx).await.map_err(|e| e.to_string())
             }

@@ -30,7 +30,7 @@ impl Key {
     pub fn with_advisory_lock(name: &str, prefix: Option<&str>) -> Key {
         let k1 = crc32(name.as_bytes()) & 0x7fff_ffff;
         let k2 = prefix.map_or(0, ruby_to_i_low31);
-        Key::Pair(k1 as i32, k2 as i32)
+        Key::Pair(k1 as i32, k2 as i32).with_label(name)
     }
 
     /// The key the npm package [advisory-lock](https://www.npmjs.com/package/advisory-lock) 2.x
@@ -49,7 +49,7 @@ impl Key {
     /// ```
     pub fn node_advisory_lock(name: &str) -> Key {
         let d = Sha256::digest(name.as_bytes());
-        Key::Pair(le_i32(&d[0..4]), le_i32(&d[4..8]))
+        Key::Pair(le_i32(&d[0..4]), le_i32(&d[4..8])).with_label(name)
     }
 
     /// The key of npm `advisory-lock` **before 1.1.1**: `[buf.readInt32LE(0), buf.readInt32LE(1)]`,
@@ -66,7 +66,7 @@ impl Key {
     /// ```
     pub fn node_advisory_lock_1_0(name: &str) -> Key {
         let d = Sha256::digest(name.as_bytes());
-        Key::Pair(le_i32(&d[0..4]), le_i32(&d[1..5]))
+        Key::Pair(le_i32(&d[0..4]), le_i32(&d[1..5])).with_label(name)
     }
 
     /// The key Python's [django-pglock](https://pypi.org/project/django-pglock/) uses for a string
@@ -87,7 +87,7 @@ impl Key {
         let d = Sha256::digest(name.as_bytes());
         let mut b = [0u8; 8];
         b.copy_from_slice(&d[..8]);
-        Key::BigInt(i64::from_le_bytes(b))
+        Key::BigInt(i64::from_le_bytes(b)).with_label(name)
     }
 
     /// The key .NET's [DistributedLock.Postgres](https://www.nuget.org/packages/DistributedLock.Postgres)
@@ -117,12 +117,14 @@ impl Key {
     /// assert_eq!(Key::distributed_lock("0000002a,FFFFFFFF"), Key::Pair(42, -1));
     /// ```
     pub fn distributed_lock(name: &str) -> Key {
-        Key::distributed_lock_unhashed(name).unwrap_or_else(|| {
-            let d = Sha1::digest(name.as_bytes());
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&d[..8]);
-            Key::BigInt(i64::from_le_bytes(b))
-        })
+        Key::distributed_lock_unhashed(name)
+            .unwrap_or_else(|| {
+                let d = Sha1::digest(name.as_bytes());
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&d[..8]);
+                Key::BigInt(i64::from_le_bytes(b))
+            })
+            .with_label(name)
     }
 
     /// [`Key::distributed_lock`] without the SHA-1 fallback: `None` exactly where .NET's

@@ -6,6 +6,8 @@ use hkdf::Hkdf;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+pub use crate::label::Labeled;
+
 /// A PostgreSQL advisory lock key.
 ///
 /// PostgreSQL has two separate advisory key spaces: one `bigint`, and one pair of `integer`s.
@@ -22,12 +24,29 @@ use sha2::{Digest, Sha256};
 /// assert_eq!(Key::from("orders:42"), Key::name("orders:42"));
 /// assert_eq!(Key::from(String::from("orders:42")), Key::name("orders:42"));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// A key derived from a name remembers the name for messages ([`Key::Labeled`]); it is still the
+/// same lock, and equal to the plain key:
+///
+/// ```
+/// use advisory_common::Key;
+/// let key = Key::name("orders:42");
+/// assert_eq!(key, Key::BigInt(-8476019149258318077));
+/// assert_eq!(key.label(), Some("orders:42"));
+/// assert_eq!(key.to_string(), r#""orders:42" (bigint:-8476019149258318077)"#);
+/// ```
+///
+/// Equality, hashing and ordering compare the lock only (space and numbers), never the label.
+#[derive(Clone, Copy, Debug)]
 pub enum Key {
     /// A key in the `bigint` space: `pg_advisory_lock(bigint)`.
     BigInt(i64),
     /// A key in the `(integer, integer)` space: `pg_advisory_lock(integer, integer)`.
     Pair(i32, i32),
+    /// A [`Key::BigInt`] or [`Key::Pair`] carrying the name it was derived from, shown in errors
+    /// and `Display`. Made by every name derivation and by [`Key::with_label`]; use
+    /// [`Key::unlabeled`] to get the plain key.
+    Labeled(Labeled),
 }
 
 /// Which of PostgreSQL's two advisory key spaces a [`Key`] lives in.
@@ -59,8 +78,9 @@ impl Key {
     /// assert_eq!(Key::name(""), Key::BigInt(0xe3b0c44298fc1c14_u64 as i64));
     /// ```
     pub fn name(name: impl AsRef<str>) -> Key {
-        let digest = Sha256::digest(name.as_ref().as_bytes());
-        Key::BigInt(i64::from_be_bytes(first8(&digest)))
+        let name = name.as_ref();
+        let digest = Sha256::digest(name.as_bytes());
+        Key::BigInt(i64::from_be_bytes(first8(&digest))).with_label(name)
     }
 
     /// The key sqlx's own `PgAdvisoryLock::new(name)` uses, so a lock taken here excludes a lock
@@ -79,7 +99,7 @@ impl Key {
         let mut okm = [0u8; 8];
         hkdf.expand(b"SQLx (Rust) Postgres advisory lock", &mut okm)
             .expect("8 bytes is a valid HKDF-SHA256 output length");
-        Key::BigInt(i64::from_le_bytes(okm))
+        Key::BigInt(i64::from_le_bytes(okm)).with_label(name)
     }
 
     /// The key the Python library [postgresql-lock](https://pypi.org/project/postgresql-lock/)
@@ -94,14 +114,14 @@ impl Key {
     /// ```
     pub fn postgresql_lock(name: &str) -> Key {
         let digest = Sha1::digest(name.as_bytes());
-        Key::BigInt(i64::from_be_bytes(first8(&digest)))
+        Key::BigInt(i64::from_be_bytes(first8(&digest))).with_label(name)
     }
 
     /// The key space this key lives in.
     pub fn space(&self) -> KeySpace {
-        match self {
-            Key::BigInt(_) => KeySpace::BigInt,
+        match self.unlabeled() {
             Key::Pair(..) => KeySpace::Pair,
+            _ => KeySpace::BigInt,
         }
     }
 
@@ -117,9 +137,9 @@ impl Key {
     /// assert_eq!(Key::Pair(-1, 7).classid_objid_objsubid(), (u32::MAX, 7, 2));
     /// ```
     pub fn classid_objid_objsubid(&self) -> (u32, u32, i16) {
-        match *self {
-            Key::BigInt(k) => ((k as u64 >> 32) as u32, k as u64 as u32, 1),
-            Key::Pair(k1, k2) => (k1 as u32, k2 as u32, 2),
+        match self.identity() {
+            (2, k1, k2) => (k1 as u32, k2 as u32, 2),
+            (_, k, _) => ((k as u64 >> 32) as u32, k as u64 as u32, 1),
         }
     }
 
@@ -203,7 +223,8 @@ impl From<String> for Key {
     }
 }
 
-/// `bigint:42` or `pair:(1,2)`.
+/// `bigint:42` or `pair:(1,2)`; a labeled key shows its name first: `"orders:42" (bigint:...)`
+/// (`…` marks a name cut at [`LABEL_MAX`](crate::LABEL_MAX) bytes).
 ///
 /// ```
 /// use advisory_common::Key;
@@ -215,6 +236,10 @@ impl fmt::Display for Key {
         match self {
             Key::BigInt(k) => write!(f, "bigint:{k}"),
             Key::Pair(k1, k2) => write!(f, "pair:({k1},{k2})"),
+            Key::Labeled(l) => {
+                let more = if l.is_truncated() { "…" } else { "" };
+                write!(f, "\"{}{more}\" ({})", l.label().escape_debug(), l.key())
+            }
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::crc32::crc32;
 /// ```
 pub fn sqlx(database: &str) -> Key {
     Key::BigInt(0x3d32ad9e * i64::from(crc32(database.as_bytes())))
+        .with_label(&format!("sqlx migrations of {database}"))
 }
 
 /// The key Rails' migrator (`bin/rails db:migrate`) holds on PostgreSQL while it migrates the
@@ -47,6 +48,7 @@ pub fn sqlx(database: &str) -> Key {
 /// ```
 pub fn rails(database: &str) -> Key {
     Key::BigInt(2_053_462_845 * i64::from(crc32(database.as_bytes())))
+        .with_label(&format!("Rails migrations of {database}"))
 }
 
 /// golang-migrate's default migrations table name (`x-migrations-table`).
@@ -65,14 +67,15 @@ pub const GOLANG_MIGRATE_DEFAULT_TABLE: &str = "schema_migrations";
 /// name alone, then `database NUL schema NUL table` for a while; this is the current form.
 ///
 /// ```
-/// use advisory_common::{Key, migration_keys};
+/// use advisory_common::{KeyValue, migration_keys};
 /// let k = migration_keys::golang_migrate("app", "public", "schema_migrations");
-/// assert!(matches!(k, Key::BigInt(v) if (0..1 << 32).contains(&v)));
+/// assert!(matches!(k.value(), KeyValue::BigInt(v) if (0..1 << 32).contains(&v)));
 /// ```
 pub fn golang_migrate(database: &str, schema: &str, table: &str) -> Key {
     let joined = [schema, table, database].join("\0");
     let sum = crc32(joined.as_bytes()).wrapping_mul(1_486_364_155);
     Key::BigInt(i64::from(sum))
+        .with_label(&format!("golang-migrate of {database}.{schema}.{table}"))
 }
 
 /// The key `diesel-advisory`'s locked migration runners take by default (feature `migrations`):

@@ -78,6 +78,7 @@ impl Namespace {
         Key::BigInt(i64::from_be_bytes([
             d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
         ]))
+        .with_label(&self.label(name.as_ref()))
     }
 
     /// The namespace's 32-bit id: SHA-256 of its name, first 4 bytes big-endian.
@@ -97,6 +98,12 @@ impl Namespace {
     pub fn pair_key(&self, name: impl AsRef<str>) -> Key {
         let d = self.digest(name.as_ref());
         Key::Pair(self.id(), i32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+            .with_label(&self.label(name.as_ref()))
+    }
+
+    /// `namespace/name`, the label of this namespace's keys in messages.
+    fn label(&self, name: &str) -> String {
+        format!("{}/{name}", self.name)
     }
 
     /// [`Namespace::key`] as SQL text for `psql` (display only; `None` if either string contains
@@ -113,7 +120,7 @@ impl Namespace {
         }
         let q = |s: &str| format!("convert_to('{}', 'UTF8')", s.replace('\'', "''"));
         Some(format!(
-            "SELECT ('x' || left(encode(sha256(int4send({}) || {} || {}), 'hex'), 16))::bit(64)::bigint",
+            "SELECT ('x' || left(encode(sha256(int4send({}) || {} || {}), 'hex'), 16))::bit(64)::bigint AS key",
             self.name.len(),
             q(&self.name),
             q(name)

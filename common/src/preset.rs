@@ -97,6 +97,7 @@ impl Preset {
             Preset::NodeAdvisoryLock1_0 => Key::node_advisory_lock_1_0(name),
             Preset::DistributedLock => Key::distributed_lock(name),
         }
+        .with_label(name)
     }
 
     /// One line: the library, the algorithm and the key space.
@@ -140,13 +141,15 @@ impl Preset {
     /// (not representable in PostgreSQL text). The name appears as a standard SQL string literal,
     /// `'` doubled (needs `standard_conforming_strings = on`, the default since PostgreSQL 9.1).
     ///
-    /// Display text only: the library never sends it (keys are always bound parameters).
+    /// The result is one row: a `bigint` column `key`, or `int4` columns `key1, key2` for the
+    /// int-pair space. Display text only: the library never sends it (keys are always bound
+    /// parameters).
     ///
     /// ```
     /// use advisory_common::Preset;
     /// assert_eq!(
     ///     Preset::Default.sql("it's").unwrap(),
-    ///     "SELECT ('x' || left(encode(sha256(convert_to('it''s', 'UTF8')), 'hex'), 16))::bit(64)::bigint",
+    ///     "SELECT ('x' || left(encode(sha256(convert_to('it''s', 'UTF8')), 'hex'), 16))::bit(64)::bigint AS key",
     /// );
     /// assert_eq!(Preset::PostgresqlLock.sql("x"), None); // SHA-1 needs pgcrypto
     /// ```
@@ -165,10 +168,11 @@ impl Preset {
             format!("('x' || {})::bit({})::{ty}", parts.join(" || "), 8 * n)
         };
         Some(match self {
-            Preset::Default => format!("SELECT ('x' || left({hex}, 16))::bit(64)::bigint"),
-            Preset::DjangoPglock => {
-                format!("SELECT {} FROM (SELECT {hex} AS h) d", le(0, 8, "bigint"))
-            }
+            Preset::Default => format!("SELECT ('x' || left({hex}, 16))::bit(64)::bigint AS key"),
+            Preset::DjangoPglock => format!(
+                "SELECT {} AS key FROM (SELECT {hex} AS h) d",
+                le(0, 8, "bigint")
+            ),
             Preset::NodeAdvisoryLock => format!(
                 "SELECT {} AS key1, {} AS key2 FROM (SELECT {hex} AS h) d",
                 le(0, 4, "int4"),

@@ -52,8 +52,8 @@
 
 use std::fmt::Write as _;
 
-use crate::Key;
 use crate::KeySpace;
+use crate::{Key, KeyValue};
 
 /// Who releases a lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -210,9 +210,9 @@ pub fn unlock_literal(mode: Mode, key: Key) -> String {
 /// Append `<function>(<key>)` with the key written as integers (`f(42)`, `f(1, 2)`): the one place
 /// the literal statements splice a key.
 fn push_call(s: &mut String, f: &str, key: Key) {
-    match key {
-        Key::BigInt(k) => write!(s, "{f}({k})"),
-        Key::Pair(k1, k2) => write!(s, "{f}({k1}, {k2})"),
+    match key.value() {
+        KeyValue::BigInt(k) => write!(s, "{f}({k})"),
+        KeyValue::Pair(k1, k2) => write!(s, "{f}({k1}, {k2})"),
     }
     .expect("writing to a String cannot fail");
 }
@@ -236,9 +236,11 @@ pub fn unlock_if_held_literal(mode: Mode, key: Key) -> String {
         Mode::Exclusive => "ExclusiveLock",
         Mode::Shared => "ShareLock",
     };
-    let which = match key {
-        Key::BigInt(k) => format!("objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = {k}"),
-        Key::Pair(k1, k2) => format!(
+    let which = match key.value() {
+        KeyValue::BigInt(k) => {
+            format!("objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = {k}")
+        }
+        KeyValue::Pair(k1, k2) => format!(
             "objsubid = 2 AND classid::int8 = ({k1}::int4::int8 & 4294967295) AND objid::int8 = ({k2}::int4::int8 & 4294967295)"
         ),
     };

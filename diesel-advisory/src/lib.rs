@@ -126,7 +126,9 @@ mod holds;
 #[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
 mod pool;
 
-pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
+pub use advisory_common::{
+    ErrorKind, Key, KeySpace, KeyValue, LABEL_MAX, Labeled, LockInfo, LockMode, TimeoutOutOfRange,
+};
 pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::{Error, PoolError};
 
@@ -154,6 +156,7 @@ pub use pool::bb8::Bb8LockGuard;
 pub use pool::deadpool::DeadpoolLockGuard;
 #[cfg(feature = "r2d2")]
 pub use pool::r2d2::R2d2LockGuard;
+
 
 /// `use diesel_advisory::prelude::*;` brings every extension trait into scope.
 pub mod prelude {

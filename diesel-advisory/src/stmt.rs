@@ -18,7 +18,7 @@
 use std::marker::PhantomData;
 
 use advisory_common::sql::{self, Mode, Scope, Wait};
-use advisory_common::{Key, KeySpace, LockInfo};
+use advisory_common::{Key, KeySpace, KeyValue, LockInfo};
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::{Error as DieselError, QueryResult};
@@ -176,9 +176,9 @@ impl<ST, const ID: usize> Stmt<ST, ID> {
             params[len] = p;
             len += 1;
         };
-        match key {
-            Some(Key::BigInt(k)) => push(Param::I8(k)),
-            Some(Key::Pair(k1, k2)) => {
+        match key.map(|k| k.value()) {
+            Some(KeyValue::BigInt(k)) => push(Param::I8(k)),
+            Some(KeyValue::Pair(k1, k2)) => {
                 push(Param::I4(k1));
                 push(Param::I4(k2));
             }

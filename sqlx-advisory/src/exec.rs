@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use advisory_common::sql::{self, Mode, Scope, Wait};
-use advisory_common::{Key, LockInfo};
+use advisory_common::{Key, KeyValue, LockInfo};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
@@ -19,9 +19,9 @@ use crate::error::{Error, classify};
 /// bound as parameters.
 fn bind(sql: &'static str, key: Key, ms: Option<i32>) -> Query<'static, Postgres, PgArguments> {
     let q = sqlx::query(sql);
-    let q = match key {
-        Key::BigInt(k) => q.bind(k),
-        Key::Pair(k1, k2) => q.bind(k1).bind(k2),
+    let q = match key.value() {
+        KeyValue::BigInt(k) => q.bind(k),
+        KeyValue::Pair(k1, k2) => q.bind(k1).bind(k2),
     };
     match ms {
         Some(ms) => q.bind(ms),

@@ -64,7 +64,9 @@ mod pool;
 
 pub mod schema;
 
-pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
+pub use advisory_common::{
+    ErrorKind, Key, KeySpace, KeyValue, LABEL_MAX, Labeled, LockInfo, LockMode, TimeoutOutOfRange,
+};
 pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::Error;
 

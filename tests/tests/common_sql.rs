@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use advisory_common::{Key, KeySpace, LockMode, sql};
+use advisory_common::{Key, KeySpace, KeyValue, LockMode, sql};
 use advisory_tests::{db, granted, unique_i32, unique_key, wait_until};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -101,12 +101,12 @@ fn sqlx_preset_equals_sqlx_itself() {
 /// Bind the key (and timeout) to a statement by parameter count.
 fn run_statement(c: &mut PgConnection, text: &str, nparams: usize, key: Key) -> QueryResult<usize> {
     let q = diesel::sql_query(text);
-    match (key, nparams) {
+    match (key.value(), nparams) {
         (_, 0) => q.execute(c),
-        (Key::BigInt(k), 1) => q.bind::<BigInt, _>(k).execute(c),
-        (Key::BigInt(k), 2) => q.bind::<BigInt, _>(k).bind::<Integer, _>(500).execute(c),
-        (Key::Pair(a, b), 2) => q.bind::<Integer, _>(a).bind::<Integer, _>(b).execute(c),
-        (Key::Pair(a, b), 3) => q
+        (KeyValue::BigInt(k), 1) => q.bind::<BigInt, _>(k).execute(c),
+        (KeyValue::BigInt(k), 2) => q.bind::<BigInt, _>(k).bind::<Integer, _>(500).execute(c),
+        (KeyValue::Pair(a, b), 2) => q.bind::<Integer, _>(a).bind::<Integer, _>(b).execute(c),
+        (KeyValue::Pair(a, b), 3) => q
             .bind::<Integer, _>(a)
             .bind::<Integer, _>(b)
             .bind::<Integer, _>(500)
@@ -178,11 +178,11 @@ fn pg_locks_decoding_round_trips() {
             0,
         );
         let _ = n;
-        let r: Locked = match key {
-            Key::BigInt(k) => diesel::sql_query(text)
+        let r: Locked = match key.value() {
+            KeyValue::BigInt(k) => diesel::sql_query(text)
                 .bind::<BigInt, _>(k)
                 .get_result(&mut c),
-            Key::Pair(a, b) => diesel::sql_query(text)
+            KeyValue::Pair(a, b) => diesel::sql_query(text)
                 .bind::<Integer, _>(a)
                 .bind::<Integer, _>(b)
                 .get_result(&mut c),
@@ -231,7 +231,7 @@ fn held_lock_shows_in_advisory_locks_view() {
         .bind::<Integer, _>(pair.1)
         .execute(&mut holder)
         .unwrap();
-    let Key::BigInt(k) = Key::name(&name) else {
+    let KeyValue::BigInt(k) = Key::name(&name).value() else {
         unreachable!()
     };
     let rows: Vec<ViewRow> = diesel::sql_query(
@@ -269,7 +269,9 @@ fn timed_statement_times_out_and_restores_lock_timeout() {
     let mut holder = conn();
     let mut waiter = conn();
     let key = unique_key();
-    let Key::BigInt(k) = key else { unreachable!() };
+    let KeyValue::BigInt(k) = key.value() else {
+        unreachable!()
+    };
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(k)
         .execute(&mut holder)
@@ -335,15 +337,17 @@ fn unlock_if_held_releases_one_hold_or_nothing() {
         Key::Pair(unique_i32(), unique_i32()),
     ] {
         for mode in [sql::Mode::Exclusive, sql::Mode::Shared] {
-            let lock = match (mode, key) {
-                (sql::Mode::Exclusive, Key::BigInt(k)) => format!("SELECT pg_advisory_lock({k})"),
-                (sql::Mode::Shared, Key::BigInt(k)) => {
+            let lock = match (mode, key.value()) {
+                (sql::Mode::Exclusive, KeyValue::BigInt(k)) => {
+                    format!("SELECT pg_advisory_lock({k})")
+                }
+                (sql::Mode::Shared, KeyValue::BigInt(k)) => {
                     format!("SELECT pg_advisory_lock_shared({k})")
                 }
-                (sql::Mode::Exclusive, Key::Pair(a, b)) => {
+                (sql::Mode::Exclusive, KeyValue::Pair(a, b)) => {
                     format!("SELECT pg_advisory_lock({a}, {b})")
                 }
-                (sql::Mode::Shared, Key::Pair(a, b)) => {
+                (sql::Mode::Shared, KeyValue::Pair(a, b)) => {
                     format!("SELECT pg_advisory_lock_shared({a}, {b})")
                 }
             };

@@ -8,7 +8,7 @@ use diesel_advisory::prelude::*;
 use std::time::Duration;
 
 async fn sqlx_try(conn: &mut sqlx::PgConnection, name: &str) -> bool {
-    let Key::BigInt(k) = Key::name(name) else {
+    let advisory_common::KeyValue::BigInt(k) = Key::name(name).value() else {
         unreachable!("Key::name is in the bigint space")
     };
     sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
@@ -19,7 +19,7 @@ async fn sqlx_try(conn: &mut sqlx::PgConnection, name: &str) -> bool {
 }
 
 async fn sqlx_unlock(conn: &mut sqlx::PgConnection, name: &str) {
-    let Key::BigInt(k) = Key::name(name) else {
+    let advisory_common::KeyValue::BigInt(k) = Key::name(name).value() else {
         unreachable!()
     };
     assert!(
@@ -57,4 +57,59 @@ async fn diesel_lock_is_seen_by_sqlx_and_vice_versa() {
     assert!(!sqlx_try(&mut sq, &name).await);
     g.release().await.unwrap();
     assert_no_locks(&[Key::name(&name)], Duration::from_secs(5));
+}
+
+/// An error about a key derived from a name shows the name (and the number PostgreSQL sees), in
+/// both adapters, whether the name came as `&str`, `Key::name` or a preset; a key given as a number
+/// shows the number only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_show_the_name_a_key_came_from() {
+    use sqlx::Connection;
+    use sqlx_advisory::prelude::*;
+    let name = unique_name("labelled");
+    let number = Key::name(&name).unlabeled();
+    let mut holder = sqlx::PgConnection::connect(db().url()).await.unwrap();
+    let held = holder.advisory_lock(name.as_str()).await.unwrap();
+
+    let mut sq = sqlx::PgConnection::connect(db().url()).await.unwrap();
+    let short = Duration::from_millis(20);
+    let e = sq
+        .advisory_lock_timeout(name.as_str(), short)
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("\"{name}\"")) && text.contains(&number.to_string()),
+        "{text}"
+    );
+    let e = sq.advisory_lock_timeout(number, short).await.unwrap_err();
+    assert!(!e.to_string().contains(&name), "{e}");
+    let preset = advisory_common::Preset::Default.key(&name);
+    let e = sq.advisory_lock_timeout(preset, short).await.unwrap_err();
+    assert!(e.to_string().contains(&name), "{e}");
+
+    let url = db().url().to_owned();
+    let (name2, number2) = (name.clone(), number);
+    let text = tokio::task::spawn_blocking(move || {
+        let mut c = PgConnection::establish(&url).unwrap();
+        let named = c
+            .advisory_lock_timeout(Key::name(&name2), short)
+            .unwrap_err()
+            .to_string();
+        let plain = c
+            .advisory_lock_timeout(number2, short)
+            .unwrap_err()
+            .to_string();
+        (named, plain)
+    })
+    .await
+    .unwrap();
+    assert!(
+        text.0.contains(&format!("\"{name}\"")) && text.0.contains(&number.to_string()),
+        "{}",
+        text.0
+    );
+    assert!(!text.1.contains(&name), "{}", text.1);
+    held.release().await.unwrap();
+    assert_no_locks(&[number], Duration::from_secs(5));
 }

@@ -37,9 +37,9 @@ async fn assert_no_locks(key: Key) {
 }
 
 fn lock_sql(key: Key) -> String {
-    match key {
-        Key::BigInt(k) => format!("SELECT pg_advisory_lock({k})"),
-        Key::Pair(a, b) => format!("SELECT pg_advisory_lock({a}, {b})"),
+    match key.value() {
+        advisory_common::KeyValue::BigInt(k) => format!("SELECT pg_advisory_lock({k})"),
+        advisory_common::KeyValue::Pair(a, b) => format!("SELECT pg_advisory_lock({a}, {b})"),
     }
 }
 

@@ -164,9 +164,9 @@ fn readme_code_is_the_examples_ci_runs_and_its_links_resolve() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     for example in [
-        "sqlx-advisory/examples/quickstart.rs",
-        "diesel-advisory/examples/quickstart.rs",
-        "diesel-advisory/examples/quickstart_async.rs",
+        "sqlx-advisory/examples/sqlx_quickstart.rs",
+        "diesel-advisory/examples/diesel_quickstart.rs",
+        "diesel-advisory/examples/diesel_async_quickstart.rs",
     ] {
         let text = std::fs::read_to_string(format!("{root}/{example}")).unwrap();
         let begin = text.find("// README:begin\n").expect("marker") + "// README:begin\n".len();

@@ -28,9 +28,9 @@ pub(crate) type Bb8 = diesel_async::pooled_connection::bb8::Pool<AsyncPgConnecti
 type Deadpool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
 
 pub(crate) fn k(key: Key) -> i64 {
-    match key {
-        Key::BigInt(k) => k,
-        Key::Pair(..) => unreachable!(),
+    match key.value() {
+        advisory_common::KeyValue::BigInt(k) => k,
+        advisory_common::KeyValue::Pair(..) => unreachable!(),
     }
 }
 

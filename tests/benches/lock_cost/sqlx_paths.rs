@@ -18,9 +18,9 @@ pub(crate) const TRY: &str = "SELECT pg_try_advisory_lock($1)";
 pub(crate) const XACT: &str = "SELECT pg_advisory_xact_lock($1)";
 
 pub(crate) fn k(key: Key) -> i64 {
-    match key {
-        Key::BigInt(k) => k,
-        Key::Pair(..) => unreachable!(),
+    match key.value() {
+        advisory_common::KeyValue::BigInt(k) => k,
+        advisory_common::KeyValue::Pair(..) => unreachable!(),
     }
 }
 

@@ -302,9 +302,9 @@ impl Contender {
             #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bool>)]
             b: Option<bool>,
         }
-        let args = match key {
-            Key::BigInt(k) => format!("{k}"),
-            Key::Pair(a, b) => format!("{a}, {b}"),
+        let args = match key.value() {
+            advisory_common::KeyValue::BigInt(k) => format!("{k}"),
+            advisory_common::KeyValue::Pair(a, b) => format!("{a}, {b}"),
         };
         diesel::sql_query(format!("SELECT {f}({args}) AS b"))
             .get_result::<B>(&mut self.conn)

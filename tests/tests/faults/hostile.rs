@@ -315,7 +315,9 @@ mod diesel_hostile {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_storm_all_async_pools() {
     let key = unique_key();
-    let Key::BigInt(k) = key else { unreachable!() };
+    let advisory_common::KeyValue::BigInt(k) = key.value() else {
+        unreachable!()
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let holder = {
         let stop = stop.clone();

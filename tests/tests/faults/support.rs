@@ -43,9 +43,9 @@ pub fn holder_pid(key: Key) -> i32 {
 }
 
 fn big(key: Key) -> i64 {
-    match key {
-        Key::BigInt(k) => k,
-        Key::Pair(..) => panic!("bigint keys only here"),
+    match key.value() {
+        advisory_common::KeyValue::BigInt(k) => k,
+        advisory_common::KeyValue::Pair(..) => panic!("bigint keys only here"),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The README's diesel-async example, run as written:
-//! `cargo run -p diesel-advisory --no-default-features --features bb8 --example quickstart_async`.
+//! `cargo run -p diesel-advisory --no-default-features --features bb8 --example diesel_async_quickstart`.
 //! Uses `DATABASE_URL` when set (it creates nothing there), else a throwaway PostgreSQL.
 
 // README:begin
@@ -33,6 +33,6 @@ async fn quickstart(database_url: &str) -> Result<(), Box<dyn std::error::Error>
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = tokio::task::spawn_blocking(advisory_harness::example_url).await?;
     quickstart(&url).await?;
-    println!("quickstart_async: OK");
+    println!("diesel_async_quickstart: OK");
     Ok(())
 }

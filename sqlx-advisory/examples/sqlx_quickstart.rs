@@ -1,4 +1,4 @@
-//! The README's sqlx example, run as written: `cargo run -p sqlx-advisory --example quickstart`.
+//! The README's sqlx example, run as written: `cargo run -p sqlx-advisory --example sqlx_quickstart`.
 //! Uses `DATABASE_URL` when set (it creates nothing there), else a throwaway PostgreSQL.
 
 // README:begin
@@ -31,6 +31,6 @@ async fn quickstart(database_url: &str) -> Result<(), sqlx_advisory::Error> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = tokio::task::spawn_blocking(advisory_harness::example_url).await?;
     quickstart(&url).await?;
-    println!("quickstart: OK");
+    println!("sqlx_quickstart: OK");
     Ok(())
 }

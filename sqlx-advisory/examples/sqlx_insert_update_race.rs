@@ -4,7 +4,7 @@
 //! `pool.advisory_lock(key)` around each read-modify-write, neither happens.
 //!
 //! ```sh
-//! cargo run -p sqlx-advisory --example insert_update_race
+//! cargo run -p sqlx-advisory --example sqlx_insert_update_race
 //! ```
 //!
 //! Uses `DATABASE_URL` if set (any database the role can create a table in; the example creates

@@ -4,7 +4,7 @@
 //! updates). With a lock on the row's key around each read-modify-write, neither happens.
 //!
 //! ```sh
-//! cargo run -p diesel-advisory --features r2d2 --example insert_update_race
+//! cargo run -p diesel-advisory --features r2d2 --example diesel_insert_update_race
 //! ```
 //!
 //! The locked run shows both styles: half of the workers take a transaction-scope lock

@@ -1,5 +1,5 @@
 //! The README's diesel example, run as written:
-//! `cargo run -p diesel-advisory --features r2d2 --example quickstart`.
+//! `cargo run -p diesel-advisory --features r2d2 --example diesel_quickstart`.
 //! Uses `DATABASE_URL` when set (it creates nothing there), else a throwaway PostgreSQL.
 
 // README:begin
@@ -34,6 +34,6 @@ fn quickstart(database_url: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     quickstart(&advisory_harness::example_url())?;
-    println!("quickstart: OK");
+    println!("diesel_quickstart: OK");
     Ok(())
 }
