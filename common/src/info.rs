@@ -16,6 +16,7 @@ pub enum LockMode {
 /// One advisory lock held or awaited by some session, as returned by
 /// [`sql::LOCKS_SQL`](crate::sql::LOCKS_SQL): what a user debugging a stuck lock wants to see.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct LockInfo {
     /// The lock's key, decoded from `classid`/`objid`/`objsubid`.
     pub key: Key,
@@ -55,6 +56,7 @@ impl LockInfo {
     /// assert_eq!(info.mode, LockMode::Shared);
     /// ```
     #[allow(clippy::too_many_arguments)]
+    #[doc(hidden)]
     pub fn from_row(
         classid: i64,
         objid: i64,

@@ -37,6 +37,9 @@ pub use crate::label::Labeled;
 /// ```
 ///
 /// Equality, hashing and ordering compare the lock only (space and numbers), never the label.
+///
+/// To read a key's numbers, match on [`Key::value`], never on the key itself: a refutable
+/// pattern such as `let Key::BigInt(k) = Key::name(s) else { .. }` does not match a labeled key.
 #[derive(Clone, Copy, Debug)]
 pub enum Key {
     /// A key in the `bigint` space: `pg_advisory_lock(bigint)`.

@@ -1,26 +1,30 @@
 //! Driver-independent core of the PostgreSQL advisory-lock crates
 //! ([`sqlx-advisory`](https://docs.rs/sqlx-advisory) and [`diesel-advisory`](https://docs.rs/diesel-advisory)).
 //!
-//! Everything that is not specific to one database driver lives here, once:
+//! You never need to depend on it yourself: both adapters re-export everything a user meets.
+//! What users touch:
 //!
 //! * [`Key`]: the two advisory key spaces of PostgreSQL and the string → key derivations
-//!   ([`Key::name`], plus compatibility presets [`Key::sqlx`] and [`Key::postgresql_lock`]);
+//!   ([`Key::name`], plus compatibility presets [`Key::sqlx`] and [`Key::postgresql_lock`]); a key
+//!   derived from a name keeps it for messages ([`Key::Labeled`], [`Key::value`]);
 //! * [`Preset`], [`Namespace`], [`migration_keys`]: other ecosystems' key derivations, scoped
 //!   names, and the keys migration tools lock;
-//! * [`sql`]: every SQL statement the adapters send, as `&'static str` so drivers can cache the
-//!   prepared statement, with keys always bound as parameters;
 //! * [`schema`]: the SQL shipped to users (`advisory_key(text)`, the `advisory_locks` view);
 //! * [`LockInfo`]: `pg_locks` + `pg_stat_activity` rows decoded back into [`Key`]s;
-//! * [`ErrorKind`] and [`classify_sqlstate`]: the one place that maps a SQLSTATE to a lock failure, so
-//!   both adapters report the same error for the same server answer.
+//! * [`ErrorKind`]: what kind of lock failure an adapter's error is.
+//!
+//! The adapters' machinery is public for them only and hidden from these docs, with no stability
+//! promise: `sql` (every statement they send, as `&'static str` so drivers cache the prepared
+//! statement, keys always bound as parameters) and the SQLSTATE classification.
 //!
 //! ```
-//! use advisory_common::{Key, sql::{self, Mode, Scope, Wait}};
+//! use advisory_common::{Key, KeySpace, KeyValue};
 //!
 //! let key = Key::name("orders:42");
 //! assert_eq!(key, Key::from("orders:42"));
-//! let text = sql::lock_sql(Scope::Session, Mode::Exclusive, Wait::Block, key.space());
-//! assert_eq!(text, "SELECT pg_advisory_lock($1) IS NOT NULL AS locked");
+//! assert_eq!(key.space(), KeySpace::BigInt);
+//! assert_eq!(key.value(), KeyValue::BigInt(-8476019149258318077));
+//! assert_eq!(key.to_string(), r#""orders:42" (bigint:-8476019149258318077)"#);
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -36,13 +40,18 @@ pub mod migration_keys;
 mod namespace;
 mod preset;
 pub mod schema;
+#[doc(hidden)]
 pub mod sql;
 mod timeout;
 
-pub use error::{ErrorKind, classify_sqlstate, sqlstate_from_message};
+pub use error::ErrorKind;
+#[doc(hidden)]
+pub use error::{classify_sqlstate, sqlstate_from_message};
 pub use info::{LockInfo, LockMode};
 pub use key::{Key, KeySpace};
 pub use label::{KeyValue, LABEL_MAX, Labeled};
 pub use namespace::Namespace;
 pub use preset::{ParsePresetError, Preset};
-pub use timeout::{TimeoutOutOfRange, timeout_millis};
+pub use timeout::TimeoutOutOfRange;
+#[doc(hidden)]
+pub use timeout::timeout_millis;

@@ -31,14 +31,14 @@ use crate::Key;
 /// name sets (and accept that an occasional collision makes two names wait for each other).
 ///
 /// ```
-/// use advisory_common::{Key, Namespace};
+/// use advisory_common::{Key, KeyValue, Namespace};
 ///
 /// let billing = Namespace::new("billing");
 /// let shipping = Namespace::new("shipping");
 /// assert_ne!(billing.key("orders:42"), shipping.key("orders:42"));
 /// assert_ne!(billing.key("orders:42"), Key::name("orders:42"));
 /// assert_eq!(billing.key("orders:42"), Key::namespaced("billing", "orders:42"));
-/// let Key::Pair(id, _) = billing.pair_key("orders:42") else { unreachable!() };
+/// let KeyValue::Pair(id, _) = billing.pair_key("orders:42").value() else { unreachable!() };
 /// assert_eq!(id, billing.id());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
