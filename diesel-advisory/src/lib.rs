@@ -126,9 +126,10 @@ mod holds;
 #[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
 mod pool;
 
-pub use advisory_common::{
-    ErrorKind, Key, KeySpace, KeyValue, LABEL_MAX, Labeled, LockInfo, LockMode, TimeoutOutOfRange,
-};
+#[cfg(feature = "migrations")]
+mod migrations;
+
+pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
 pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::{Error, PoolError};
 
@@ -157,6 +158,8 @@ pub use pool::deadpool::DeadpoolLockGuard;
 #[cfg(feature = "r2d2")]
 pub use pool::r2d2::R2d2LockGuard;
 
+#[cfg(feature = "migrations")]
+pub use migrations::{MigrationError, MigrationLock};
 
 /// `use diesel_advisory::prelude::*;` brings every extension trait into scope.
 pub mod prelude {
