@@ -31,14 +31,14 @@ use crate::Key;
 /// name sets (and accept that an occasional collision makes two names wait for each other).
 ///
 /// ```
-/// use advisory_common::{Key, Namespace};
+/// use advisory_common::{Key, KeyValue, Namespace};
 ///
 /// let billing = Namespace::new("billing");
 /// let shipping = Namespace::new("shipping");
 /// assert_ne!(billing.key("orders:42"), shipping.key("orders:42"));
 /// assert_ne!(billing.key("orders:42"), Key::name("orders:42"));
 /// assert_eq!(billing.key("orders:42"), Key::namespaced("billing", "orders:42"));
-/// let Key::Pair(id, _) = billing.pair_key("orders:42") else { unreachable!() };
+/// let KeyValue::Pair(id, _) = billing.pair_key("orders:42").value() else { unreachable!() };
 /// assert_eq!(id, billing.id());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +78,7 @@ impl Namespace {
         Key::BigInt(i64::from_be_bytes([
             d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
         ]))
+        .with_label(&self.label(name.as_ref()))
     }
 
     /// The namespace's 32-bit id: SHA-256 of its name, first 4 bytes big-endian.
@@ -97,6 +98,12 @@ impl Namespace {
     pub fn pair_key(&self, name: impl AsRef<str>) -> Key {
         let d = self.digest(name.as_ref());
         Key::Pair(self.id(), i32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+            .with_label(&self.label(name.as_ref()))
+    }
+
+    /// `namespace/name`, the label of this namespace's keys in messages.
+    fn label(&self, name: &str) -> String {
+        format!("{}/{name}", self.name)
     }
 
     /// [`Namespace::key`] as SQL text for `psql` (display only; `None` if either string contains

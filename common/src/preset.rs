@@ -97,6 +97,7 @@ impl Preset {
             Preset::NodeAdvisoryLock1_0 => Key::node_advisory_lock_1_0(name),
             Preset::DistributedLock => Key::distributed_lock(name),
         }
+        .with_label(name)
     }
 
     /// One line: the library, the algorithm and the key space.

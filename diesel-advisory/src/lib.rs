@@ -129,7 +129,9 @@ mod pool;
 #[cfg(feature = "migrations")]
 mod migrations;
 
-pub use advisory_common::{ErrorKind, Key, KeySpace, LockInfo, LockMode, TimeoutOutOfRange};
+pub use advisory_common::{
+    ErrorKind, Key, KeySpace, KeyValue, LABEL_MAX, Labeled, LockInfo, LockMode, TimeoutOutOfRange,
+};
 pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::{Error, PoolError};
 
