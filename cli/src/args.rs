@@ -74,9 +74,10 @@ Examples:
   */5 * * * * pg-advisory run -n -E 0 sync-job -- /usr/local/bin/sync   # cron: skip quietly if busy
 
 The command gets PG_ADVISORY_KEY (e.g. bigint:42), PG_ADVISORY_MODE (exclusive|shared),
-PG_ADVISORY_SCOPE (session|transaction) and PG_ADVISORY_BACKEND_PID (the session holding the lock)
-in its environment. INT, TERM and HUP sent to pg-advisory are forwarded to it. The lock is released
-when the command exits, however it exits, and never while it runs; if pg-advisory itself is killed
+PG_ADVISORY_SCOPE (session|transaction), PG_ADVISORY_BACKEND_PID (the session holding the lock)
+and, for a KEY given as a name, PG_ADVISORY_KEY_NAME in its environment. INT, TERM and HUP sent to
+pg-advisory are forwarded to it. The lock is released when the command exits, however it exits,
+and never while it runs; if pg-advisory itself is killed
 with SIGKILL the session ends and the lock is released while the command may still run.
 
 While the command runs, the holding session asks the server every --check-interval whether it still
@@ -148,7 +149,8 @@ pub struct RunArgs {
     /// A check not answered within this long counts as a lost lock
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub check_timeout: Duration,
-    /// The lock: 42, 1,2 or a name
+    /// The lock: 42, 1,2 or a name (a pair starting with '-': pair:(-1,2))
+    #[arg(allow_negative_numbers = true)]
     pub key: String,
     /// The command to run, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -166,7 +168,7 @@ pub enum OnLost {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only this key (42, 1,2 or a name)
-    #[arg(long, short = 'k', value_name = "KEY")]
+    #[arg(long, short = 'k', value_name = "KEY", allow_hyphen_values = true)]
     pub key: Option<String>,
     /// Match a name given with --key under this derivation only (default: every one)
     #[arg(long, short = 'p', value_name = "NAME", value_parser = parse_preset, requires = "key")]
@@ -185,6 +187,7 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// The name (a string key)
+    #[arg(allow_hyphen_values = true)]
     pub name: String,
     /// Only this derivation
     #[arg(long, short = 'p', value_name = "NAME", value_parser = parse_preset, conflicts_with = "all")]
@@ -202,7 +205,8 @@ pub struct StatusArgs {
     /// How a KEY that is a name becomes a number
     #[arg(long, short = 'p', value_name = "NAME", value_parser = parse_preset)]
     pub preset: Option<Preset>,
-    /// The lock: 42, 1,2 or a name
+    /// The lock: 42, 1,2 or a name (a pair starting with '-': pair:(-1,2))
+    #[arg(allow_negative_numbers = true)]
     pub key: String,
 }
 

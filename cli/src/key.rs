@@ -119,7 +119,7 @@ impl Row {
     fn new(preset: Preset, name: &str) -> Row {
         Row {
             preset,
-            key: preset.key(name),
+            key: preset.key(name).unlabeled(),
             sql: preset.sql(name),
         }
     }

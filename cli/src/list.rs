@@ -211,7 +211,7 @@ pub fn to_json(l: &Lock) -> serde_json::Value {
     let i = &l.info;
     let (c, o, s) = i.key.classid_objid_objsubid();
     let mut v = json!({
-        "key": i.key.to_string(),
+        "key": i.key.unlabeled().to_string(),
         "classid": c,
         "objid": o,
         "objsubid": s,

@@ -97,8 +97,8 @@ pub async fn run(conn_args: &ConnArgs, args: RunArgs) -> Result<u8, Failure> {
         }
         Err(e) => return Err(Failure::from_lock_error(&format!("cannot lock {key}"), &e)),
     };
-    let env = [
-        ("PG_ADVISORY_KEY", key.to_string()),
+    let mut env = vec![
+        ("PG_ADVISORY_KEY", key.unlabeled().to_string()),
         ("PG_ADVISORY_MODE", mode.as_str().to_owned()),
         (
             "PG_ADVISORY_SCOPE",
@@ -106,6 +106,9 @@ pub async fn run(conn_args: &ConnArgs, args: RunArgs) -> Result<u8, Failure> {
         ),
         ("PG_ADVISORY_BACKEND_PID", backend_pid.to_string()),
     ];
+    if let Some(name) = key.label() {
+        env.push(("PG_ADVISORY_KEY_NAME", name.to_owned()));
+    }
     let mut child = match child::spawn(&args.command, &env) {
         Ok(child) => child,
         Err(f) => {

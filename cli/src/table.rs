@@ -58,8 +58,8 @@ pub fn render(locks: &[Lock]) -> String {
 fn cells(l: &Lock) -> [String; 11] {
     let i = &l.info;
     let key = match &l.name {
-        Some((name, presets)) => format!("{} ({name}: {})", i.key, presets.join(", ")),
-        None => i.key.to_string(),
+        Some((name, presets)) => format!("{} ({name}: {})", i.key.unlabeled(), presets.join(", ")),
+        None => i.key.unlabeled().to_string(),
     };
     let age = if i.granted {
         l.session_age.map(|d| format!("≤{}", human(d)))

@@ -339,7 +339,7 @@ async fn xact_shared_and_the_childs_environment() {
     let ids = bigint_ids(k);
     let d = scratch();
     let script = format!(
-        "{bin} status {key}; echo $? > {d}/held; echo $PG_ADVISORY_KEY $PG_ADVISORY_MODE $PG_ADVISORY_SCOPE > {d}/env; \
+        "{bin} status {key}; echo $? > {d}/held; echo $PG_ADVISORY_KEY $PG_ADVISORY_MODE $PG_ADVISORY_SCOPE $PG_ADVISORY_KEY_NAME > {d}/env; \
          echo $PG_ADVISORY_BACKEND_PID > {d}/backend; {wait}",
         bin = BIN,
         d = d.display(),
@@ -356,7 +356,7 @@ async fn xact_shared_and_the_childs_environment() {
     assert_eq!(read(&d.join("held")).trim(), "1");
     assert_eq!(
         read(&d.join("env")).trim(),
-        format!("bigint:{k} shared transaction")
+        format!("bigint:{k} shared transaction {key}")
     );
     let mut pg = pg().await;
     let rows = locks_on(&mut pg, ids).await;
@@ -436,4 +436,31 @@ async fn a_command_that_cannot_be_started_releases_the_lock() {
     let o = output(&["run", &key, "--", not_executable.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
     assert!(locks_on(&mut pg().await, ids).await.is_empty());
+}
+
+#[tokio::test]
+async fn negative_keys_are_keys_not_options() {
+    let (a, b) = unique_pair();
+    let k = -(i64::from(a) << 32 | i64::from(b));
+    let mut holder = pg().await;
+    let guard = holder.advisory_lock(Key::BigInt(k)).await.unwrap();
+    let o = output(&["status", &k.to_string()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = output(&["run", "-n", &k.to_string(), "--", "true"]);
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    guard.release().await.unwrap();
+    let pair = format!("{},{}", -a, b);
+    let (ids_a, ids_b) = (-a, b);
+    let mut holder = pg().await;
+    let guard = holder.advisory_lock(Key::Pair(ids_a, ids_b)).await.unwrap();
+    let o = output(&["status", &format!("pair:({pair})")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = output(&["list", "--key", &pair]);
+    assert!(
+        stdout(&o).contains(&format!("pair:({pair})")),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    guard.release().await.unwrap();
 }
