@@ -66,6 +66,11 @@ fn with_advisory_lock_vectors() {
     assert_eq!(Key::with_advisory_lock("", None), Key::Pair(0, 0));
     // "42" is a String in Ruby, so it is hashed like any other name
     assert_eq!(Key::with_advisory_lock("42", None), Key::Pair(841265288, 0));
+    // zlib.crc32(b"app") = 0xc96e70cf: the top bit is dropped (& 0x7fffffff)
+    assert_eq!(
+        Key::with_advisory_lock("app", None),
+        Key::Pair(0x496e70cf, 0)
+    );
     assert_eq!(
         Key::with_advisory_lock("héllo wörld", None),
         Key::Pair(354246585, 0)
