@@ -152,6 +152,7 @@ impl Preset {
     ///     "SELECT ('x' || left(encode(sha256(convert_to('it''s', 'UTF8')), 'hex'), 16))::bit(64)::bigint AS key",
     /// );
     /// assert_eq!(Preset::PostgresqlLock.sql("x"), None); // SHA-1 needs pgcrypto
+    /// assert!(Preset::Sqlx.sql("x").unwrap().contains("sha256")); // HMAC written out
     /// ```
     pub fn sql(self, name: &str) -> Option<String> {
         if name.contains('\0') {
@@ -183,14 +184,53 @@ impl Preset {
                 le(0, 4, "int4"),
                 le(1, 4, "int4")
             ),
-            // HKDF needs HMAC, SHA-1 needs pgcrypto, CRC-32 needs PostgreSQL 18's crc32(); the
-            // DistributedLock packing is not worth expressing in SQL.
-            Preset::Sqlx
-            | Preset::PostgresqlLock
-            | Preset::WithAdvisoryLock
-            | Preset::DistributedLock => return None,
+            Preset::Sqlx => {
+                let h = "encode(t, 'hex')";
+                format!(
+                    "{} SELECT {} AS key FROM (SELECT {h} AS h FROM t) d",
+                    hkdf_sql(&lit),
+                    le(0, 8, "bigint")
+                )
+            }
+            // SHA-1 needs pgcrypto, CRC-32 needs PostgreSQL 18's crc32() (not the versions tested
+            // here); the DistributedLock packing is not worth expressing in SQL.
+            Preset::PostgresqlLock | Preset::WithAdvisoryLock | Preset::DistributedLock => {
+                return None;
+            }
         })
     }
+}
+
+/// `WITH ... t AS (...)`: the first HKDF-SHA256 output block of the UTF-8 bytes of the SQL
+/// literal `lit`, no salt, sqlx's info string, as sqlx's `PgAdvisoryLock` (RFC 5869), with HMAC
+/// written out over plain `sha256()` (no pgcrypto): HMAC(K, m) = H((K' ^ opad) || H((K' ^ ipad) ||
+/// m)), K' the key zero-padded to the 64-byte block. Extract's key is 32 zero bytes, so its pads
+/// are constants; Expand's key is the PRK, XORed with the pads in four 64-bit chunks.
+fn hkdf_sql(lit: &str) -> String {
+    let pad = |byte: &str, n: usize| format!("decode(repeat('{byte}', {n}), 'hex')");
+    let xor = |byte: &str| {
+        let chunks: Vec<String> = (0..4)
+            .map(|i| {
+                format!(
+                    "lpad(to_hex(substring(k # ('x' || repeat('{byte}', 32))::bit(256) from {} for 64)::bit(64)::bigint), 16, '0')",
+                    64 * i + 1
+                )
+            })
+            .collect();
+        format!("decode({}, 'hex')", chunks.join(" || "))
+    };
+    format!(
+        "WITH p AS (SELECT sha256({o64} || sha256({i64} || convert_to({lit}, 'UTF8'))) AS prk), \
+         k AS (SELECT ('x' || encode(prk, 'hex'))::bit(256) AS k FROM p), \
+         t AS (SELECT sha256({ko} || {o32} || sha256({ki} || {i32} || \
+         convert_to('SQLx (Rust) Postgres advisory lock', 'UTF8') || decode('01', 'hex'))) AS t FROM k)",
+        o64 = pad("5c", 64),
+        i64 = pad("36", 64),
+        o32 = pad("5c", 32),
+        i32 = pad("36", 32),
+        ko = xor("5c"),
+        ki = xor("36"),
+    )
 }
 
 /// The [`Preset::name`].

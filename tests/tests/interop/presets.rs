@@ -48,7 +48,7 @@ const NAMES: &[&str] = &[
 ];
 
 /// Every SQL twin, run on the server, yields exactly the key Rust derives (names with quotes,
-/// backslashes and non-ASCII included); at least the four plain-SQL presets have one.
+/// backslashes and non-ASCII included); at least the five plain-SQL presets have one.
 #[test]
 fn sql_twins_compute_the_same_keys_on_the_server() {
     let mut conn = admin();
@@ -70,6 +70,7 @@ fn sql_twins_compute_the_same_keys_on_the_server() {
     }
     for p in [
         Preset::Default,
+        Preset::Sqlx,
         Preset::DjangoPglock,
         Preset::NodeAdvisoryLock,
         Preset::NodeAdvisoryLock1_0,
