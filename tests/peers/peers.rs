@@ -4,7 +4,8 @@
 //! a Rust session cannot take it; the reverse, Rust holds the preset's key and the peer's try-lock
 //! fails, then succeeds once Rust releases.
 //!
-//! Peers: Python `postgresql-lock` and `django-pglock` (PyPI), npm `advisory-lock` 2.x. Run with
+//! Peers: Python `postgresql-lock` and `django-pglock` (PyPI), npm `advisory-lock` 2.x, and (in
+//! `ruby.rs`) Rails' migrator and the with_advisory_lock derivation in real Ruby. Run with
 //! `tests/peers/run.sh`, which installs them first (`tests/peers/setup.sh`); this target is
 //! `test = false`, so the workspace's `cargo test` leaves it out. A missing peer fails the run,
 //! naming what to install; nothing is skipped.
@@ -19,6 +20,11 @@ use advisory_common::{Key, Preset};
 use advisory_tests::{assert_no_locks, db, granted, unique_name, wait_until};
 use diesel::prelude::*;
 use diesel_advisory::prelude::*;
+
+mod ruby;
+#[allow(dead_code)]
+#[path = "../tests/interop/schema.rs"]
+mod schema;
 
 const STARTUP: Duration = Duration::from_secs(60);
 const SEEN: Duration = Duration::from_secs(10);
@@ -74,16 +80,19 @@ struct Peer {
 
 impl Peer {
     fn spawn(lib: Lib, app: &str, name: &str, mode: &str) -> Peer {
-        let mut child = command(lib)
-            .arg(db().url_with_app(app))
-            .arg(name)
-            .arg(mode)
+        let mut cmd = command(lib);
+        cmd.arg(db().url_with_app(app)).arg(name).arg(mode);
+        Peer::start(cmd, format!("{lib:?} {mode} {name:?}"))
+    }
+
+    fn start(mut cmd: Command, what: String) -> Peer {
+        let mut child = cmd
             .current_dir(dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the {lib:?} peer (is it installed?): {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {what} (is it installed?): {e}"));
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -98,7 +107,7 @@ impl Peer {
             child,
             stdin,
             lines,
-            what: format!("{lib:?} {mode} {name:?}"),
+            what,
         }
     }
 

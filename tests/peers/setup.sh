@@ -2,6 +2,7 @@
 # Installs the real peer libraries the peer test runs against (tests/peers/peers.rs):
 #   tests/peers/.venv          Python: postgresql-lock, django-pglock (+ Django, psycopg 3)
 #   tests/peers/node_modules   npm: advisory-lock 2.0.0 and pg
+#   Debian packages            ruby, ruby-activerecord (Rails 6.1's migrator), ruby-pg
 # Idempotent (re-running only checks). Needs a package registry (PyPI, npm). Fails loudly, naming
 # what is missing; with CI=true and root it installs python3-venv / nodejs / npm with apt-get.
 set -euo pipefail
@@ -17,6 +18,13 @@ missing=()
 "$py" -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Ruby: Rails' migrator (ActiveRecord 6.1) and the with_advisory_lock derivation, from Debian
+if command -v ruby >/dev/null 2>&1; then
+  ruby -e 'require "active_record"' >/dev/null 2>&1 || missing+=(ruby-activerecord)
+  ruby -e 'require "pg"' >/dev/null 2>&1 || missing+=(ruby-pg)
+else
+  missing+=(ruby ruby-activerecord ruby-pg)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "${CI:-}" = "true" ] && [ "$(id -u)" = 0 ]; then
     echo "peers: installing ${missing[*]} with apt-get"
@@ -48,4 +56,6 @@ if ! node -e 'require("advisory-lock"); require("pg")' >/dev/null 2>&1; then
 fi
 node -e 'require("advisory-lock"); require("pg")' \
   || { echo "peers: FAIL: the npm peers do not load after installation" >&2; exit 1; }
-echo "peers: ready ($(.venv/bin/python -m pip list 2>/dev/null | grep -iE '^(postgresql-lock|django-pglock|django) ' | tr -s ' ' | paste -sd, -); node $(node --version))"
+ruby -e 'require "active_record"; require "pg"' \
+  || { echo "peers: FAIL: ActiveRecord / pg do not load in ruby" >&2; exit 1; }
+echo "peers: ready ($(.venv/bin/python -m pip list 2>/dev/null | grep -iE '^(postgresql-lock|django-pglock|django) ' | tr -s ' ' | paste -sd, -); node $(node --version); ruby $(ruby -e 'print RUBY_VERSION'), activerecord $(ruby -e 'require "active_record"; print ActiveRecord.version'))"
