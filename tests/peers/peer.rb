@@ -5,9 +5,9 @@
 #       pg_advisory_lock(<block key>) (so the test can see Rails holding its migration lock);
 #       prints "migrated", or "concurrent" if Rails raised ConcurrentMigrationError.
 #   ruby peer.rb wal-keys
-#       The with_advisory_lock gem's key derivation, its source lines run verbatim (the gem itself
-#       is on neither Debian nor any registry this project reaches): reads a JSON array of
-#       [name, prefix-or-null] from stdin, prints a JSON array of [key1, key2].
+#       The with_advisory_lock gem's key derivation in real Ruby (the gem itself is on neither
+#       Debian nor any registry this project reaches): reads a JSON array of [name, prefix-or-null]
+#       from stdin, prints a JSON array of [key1, key2].
 require "json"
 require "zlib"
 require "tmpdir"
@@ -38,24 +38,12 @@ when "rails-migrate"
     end
   end
 when "wal-keys"
-  # ClosureTree/with_advisory_lock lib/with_advisory_lock/core_advisory.rb (stable_hashcode) and
-  # postgresql_advisory.rb (lock_keys_for), verbatim
-  stable_hashcode = lambda do |input|
-    if input.is_a? Numeric
-      input.to_i
-    else
-      Zlib.crc32(input.to_s, 0)
-    end
-  end
-  lock_keys_for = lambda do |lock_name|
-    [
-      stable_hashcode.call(lock_name),
-      ENV.fetch("WITH_ADVISORY_LOCK_PREFIX", nil)
-    ].map { |ea| ea.to_i & 0x7fffffff }
-  end
+  # The with_advisory_lock gem's derivation (stable_hashcode in lib/with_advisory_lock/
+  # core_advisory.rb, lock_keys_for in postgresql_advisory.rb), written out here with the same
+  # Ruby operations it uses: Zlib.crc32 of the name, the WITH_ADVISORY_LOCK_PREFIX value read with
+  # String#to_i (nil when unset), each masked with & 0x7fffffff on Ruby's unbounded integers.
   out = JSON.parse($stdin.read).map do |name, prefix|
-    ENV["WITH_ADVISORY_LOCK_PREFIX"] = prefix
-    lock_keys_for.call(name)
+    [Zlib.crc32(name) & 0x7fffffff, prefix.to_i & 0x7fffffff]
   end
   puts JSON.generate(out)
 else

@@ -1,6 +1,6 @@
 //! Ruby peers (Debian's ruby, ruby-activerecord 6.1, ruby-pg; see `peer.rb`): Rails' migrator
 //! holds `migration_keys::rails(current_database())` while it migrates and refuses to run while
-//! another session holds it; and the with_advisory_lock gem's key lines, run verbatim by real Ruby,
+//! another session holds it; and the with_advisory_lock gem's derivation, computed by real Ruby,
 //! agree with `Key::with_advisory_lock` (prefix parsing edge cases included).
 
 use std::io::Write;
@@ -93,7 +93,7 @@ fn db_url(app: &str) -> String {
     db().url_with_app(app)
 }
 
-/// The gem's `lock_keys_for`, run by Ruby, against `Key::with_advisory_lock` for names with
+/// The gem's derivation computed by Ruby (`Zlib.crc32`, `String#to_i`), against `Key::with_advisory_lock` for names with
 /// non-ASCII characters and quotes, and prefixes that exercise `String#to_i`.
 #[test]
 fn with_advisory_lock_derivation_matches_ruby() {
