@@ -93,8 +93,9 @@ fn db_url(app: &str) -> String {
     db().url_with_app(app)
 }
 
-/// The gem's derivation computed by Ruby (`Zlib.crc32`, `String#to_i`), against `Key::with_advisory_lock` for names with
-/// non-ASCII characters and quotes, and prefixes that exercise `String#to_i`.
+/// The gem's derivation computed by Ruby (`Zlib.crc32`, `String#to_i`) against
+/// `Key::with_advisory_lock`, for names with non-ASCII characters and quotes, and prefixes that
+/// exercise `String#to_i`.
 #[test]
 fn with_advisory_lock_derivation_matches_ruby() {
     let names = [
