@@ -87,12 +87,12 @@ fn usage_errors_exit_2_with_one_line() {
 #[test]
 fn an_invalid_pgsslmode_or_pgport_is_bad_input() {
     for (var, value) in [("PGSSLMODE", "sometimes"), ("PGPORT", "port")] {
-        let o = bin()
-            .env_remove("DATABASE_URL")
-            .env(var, value)
-            .args(["status", "1"])
-            .output()
-            .unwrap();
+        let o = output_of(
+            bin()
+                .env_remove("DATABASE_URL")
+                .env(var, value)
+                .args(["status", "1"]),
+        );
         assert_one_line_error(var, &o, 2, &format!("invalid {var} '{value}'"));
     }
 }
@@ -107,12 +107,7 @@ fn an_unreachable_server_is_69_for_every_command() {
         .port();
     let url = format!("postgres://nobody:secret@127.0.0.1:{port}/db");
     for args in [&["list"][..], &["status", "x"], &["run", "x", "--", "true"]] {
-        let o = bin()
-            .arg("--database-url")
-            .arg(&url)
-            .args(args)
-            .output()
-            .unwrap();
+        let o = output_of(bin().arg("--database-url").arg(&url).args(args));
         assert_one_line_error(
             &format!("{args:?}"),
             &o,
@@ -127,12 +122,13 @@ fn an_unreachable_server_is_69_for_every_command() {
     }
     // nothing ran
     let d = scratch();
-    let o = bin()
-        .arg("--database-url")
-        .arg(&url)
-        .args(["run", "x", "--", "touch", d.join("ran").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = output_of(bin().arg("--database-url").arg(&url).args([
+        "run",
+        "x",
+        "--",
+        "touch",
+        d.join("ran").to_str().unwrap(),
+    ]));
     assert_eq!(o.status.code(), Some(69));
     assert!(!d.join("ran").exists());
 }
@@ -143,12 +139,12 @@ fn the_connect_timeout_bounds_a_server_that_never_answers() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let start = Instant::now();
-    let o = bin()
-        .args(["--connect-timeout", "500ms", "--database-url"])
-        .arg(format!("postgres://u@127.0.0.1:{port}/db"))
-        .arg("list")
-        .output()
-        .unwrap();
+    let o = output_of(
+        bin()
+            .args(["--connect-timeout", "500ms", "--database-url"])
+            .arg(format!("postgres://u@127.0.0.1:{port}/db"))
+            .arg("list"),
+    );
     let took = start.elapsed();
     assert_one_line_error(
         "silent server",
@@ -161,13 +157,13 @@ fn the_connect_timeout_bounds_a_server_that_never_answers() {
         "{took:?}"
     );
     // PGCONNECT_TIMEOUT (seconds, as libpq reads it) is the default
-    let o = bin()
-        .env("PGCONNECT_TIMEOUT", "1")
-        .arg("--database-url")
-        .arg(format!("postgres://u@127.0.0.1:{port}/db"))
-        .arg("list")
-        .output()
-        .unwrap();
+    let o = output_of(
+        bin()
+            .env("PGCONNECT_TIMEOUT", "1")
+            .arg("--database-url")
+            .arg(format!("postgres://u@127.0.0.1:{port}/db"))
+            .arg("list"),
+    );
     assert_one_line_error("PGCONNECT_TIMEOUT", &o, 69, "no answer within 1s");
     drop(silent);
 }
@@ -237,10 +233,7 @@ fn pg_variables_connect_and_the_session_is_named_pg_advisory_unless_pgappname_sa
         let out = d.join("list.json");
         // the child lists the lock its parent holds
         let script = format!("{BIN} list --json --key {key} > {}", out.display());
-        let o = with_pg_vars(app)
-            .args(["run", &key, "--", "sh", "-c", &script])
-            .output()
-            .unwrap();
+        let o = output_of(with_pg_vars(app).args(["run", &key, "--", "sh", "-c", &script]));
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(&read(&out)).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 1, "{v}");

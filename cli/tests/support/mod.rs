@@ -31,13 +31,41 @@ pub fn bin() -> Command {
     c
 }
 
-/// Run the binary to completion.
+/// Run the binary to completion, within [`DEADLINE`] (killed and the test failed after it, so a
+/// broken binary that hangs fails the test instead of hanging it).
 pub fn output(args: &[&str]) -> Output {
-    bin()
-        .args(args)
+    output_of(bin().args(args))
+}
+
+pub fn output_of(cmd: &mut Command) -> Output {
+    let d = scratch();
+    let (out, err) = (d.join("stdout"), d.join("stderr"));
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
-        .expect("spawn pg-advisory")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("spawn pg-advisory");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {DEADLINE:?}; stderr: {}",
+                read(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
 }
 
 pub fn stderr(o: &Output) -> String {
