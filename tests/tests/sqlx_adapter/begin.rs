@@ -193,12 +193,9 @@ async fn inside_a_transaction_nothing_is_sent() {
         .unwrap()
         .get(0);
     assert_eq!(last, "SELECT 'marker-before-begin-with-lock'");
-    // the error travels through sqlx::Error with PostgreSQL's SQLSTATE for it, and back
+    // the error travels through sqlx::Error (not as a database error: nothing was sent), and back
     let e = sqlx::Error::from(Error::AlreadyInTransaction { key });
-    assert_eq!(
-        e.as_database_error().and_then(|d| d.code()).as_deref(),
-        Some("25001")
-    );
+    assert!(matches!(e, sqlx::Error::Configuration(_)), "{e:?}");
     assert!(matches!(Error::from(e), Error::AlreadyInTransaction { .. }));
     tx.commit().await.unwrap();
 }
