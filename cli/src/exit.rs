@@ -159,6 +159,14 @@ pub fn clap_error(e: clap::Error) -> ExitCode {
             {
                 "missing the command to run: pg-advisory run [OPTIONS] KEY -- COMMAND [ARGS..]"
                     .to_owned()
+            } else if kind == ErrorKind::UnknownArgument
+                && main.starts_with("unexpected argument '-")
+                && main.as_bytes().get(22).is_some_and(u8::is_ascii_digit)
+            {
+                let arg = main.split('\'').nth(1).unwrap_or_default();
+                format!(
+                    "unexpected argument '{arg}' (a pair key starting with '-' is written pair:({arg},..))"
+                )
             } else if kind == ErrorKind::UnknownArgument && running {
                 format!(
                     "{main} (the command goes after --: pg-advisory run [OPTIONS] KEY -- COMMAND [ARGS..])"

@@ -68,6 +68,7 @@ fn usage_errors_exit_2_with_one_line() {
         (&["list", "--key", "pair:(1)"], "expected pair:(a,b)"),
         (&["list", "--preset", "sqlx"], "--key"),
         (&["lsit"], "unrecognized subcommand"),
+        (&["status", "-1,2"], "written pair:(-1,"),
         (&["--database-url", "not a url", "list"], "bad database URL"),
         (
             &["--database-url", "mysql://u@h/db", "status", "1"],
