@@ -91,6 +91,16 @@ async fn no_wait_exits_with_the_conflict_code_while_another_session_holds_the_lo
     );
     let o = output(&[&["run", "-n", "-E", "9", &key][..], &touch].concat());
     assert_eq!(o.status.code(), Some(9), "-E: {}", stderr(&o));
+    // the transaction-scope forms are refused the same way
+    let o = output(&[&["run", "--xact", "-n", &key][..], &touch].concat());
+    assert_eq!(o.status.code(), Some(75), "--xact -n: {}", stderr(&o));
+    let o = output(&[&["run", "--xact", "--timeout", "200ms", &key][..], &touch].concat());
+    assert_eq!(
+        o.status.code(),
+        Some(75),
+        "--xact --timeout: {}",
+        stderr(&o)
+    );
     assert!(!ran.exists(), "the command ran without the lock");
 
     guard.release().await.unwrap();
@@ -153,12 +163,22 @@ async fn timeout_is_honoured_and_a_release_within_it_lets_the_command_run() {
 
 #[tokio::test]
 async fn sigterm_reaches_the_child_the_lock_is_held_until_it_exits_and_free_after() {
-    let key = unique("sigterm");
+    forwarded(Signal::TERM, "TERM").await;
+}
+
+#[tokio::test]
+async fn sighup_and_sigint_are_forwarded_too() {
+    forwarded(Signal::HUP, "HUP").await;
+    forwarded(Signal::INT, "INT").await;
+}
+
+async fn forwarded(sig: Signal, name: &str) {
+    let key = unique("signal");
     let ids = bigint_ids(key_of(&key));
     let d = scratch();
-    // The TERM trap asks pg-advisory itself whether the key is still held (status: 1 = held).
+    // The trap asks pg-advisory itself whether the key is still held (status: 1 = held).
     let script = format!(
-        "sleep 60 & sp=$!; trap '{bin} status {key} 2>/dev/null; echo $? > {d}/held_in_trap; kill $sp; exit 3' TERM; \
+        "sleep 60 & sp=$!; trap '{bin} status {key} 2>/dev/null; echo $? > {d}/held_in_trap; kill $sp; exit 3' {name}; \
          echo up > {d}/started; wait $sp",
         bin = BIN,
         d = d.display()
@@ -173,8 +193,8 @@ async fn sigterm_reaches_the_child_the_lock_is_held_until_it_exits_and_free_afte
     })
     .await;
     assert!(locks_on(&mut pg, ids).await.iter().any(|l| l.granted));
-    signal(run.id(), Signal::TERM);
-    let status = wait(&mut run, "pg-advisory after TERM").await;
+    signal(run.id(), sig);
+    let status = wait(&mut run, "pg-advisory after the signal").await;
     assert_eq!(status.code(), Some(3), "the child's own status");
     assert_eq!(
         read(&d.join("held_in_trap")).trim(),
