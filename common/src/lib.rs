@@ -36,6 +36,8 @@ mod info;
 mod interop;
 mod key;
 mod label;
+#[doc(hidden)]
+pub mod locker;
 pub mod migration_keys;
 mod namespace;
 mod preset;

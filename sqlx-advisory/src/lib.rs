@@ -62,6 +62,8 @@ mod xact;
 
 mod pool;
 
+mod locker;
+
 pub mod schema;
 
 pub use advisory_common::{
@@ -76,6 +78,8 @@ pub use guard::LockGuard;
 pub use xact::XactLockExt;
 
 pub use pool::PoolLockGuard;
+
+pub use locker::{Leadership, Lease, Locker, LockerOptions};
 
 /// `use sqlx_advisory::prelude::*;` brings every extension trait into scope.
 pub mod prelude {
