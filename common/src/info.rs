@@ -2,16 +2,7 @@
 
 use std::time::Duration;
 
-use crate::Key;
-
-/// The mode an advisory lock is held or awaited in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LockMode {
-    /// `ExclusiveLock` in `pg_locks`.
-    Exclusive,
-    /// `ShareLock` in `pg_locks`.
-    Shared,
-}
+use crate::{Key, LockMode};
 
 /// One advisory lock held or awaited by some session, as returned by
 /// [`sql::LOCKS_SQL`](crate::sql::LOCKS_SQL): what a user debugging a stuck lock wants to see.

@@ -39,8 +39,10 @@ mod label;
 #[doc(hidden)]
 pub mod locker;
 pub mod migration_keys;
+mod mode;
 mod namespace;
 mod preset;
+pub mod protocol;
 pub mod schema;
 #[doc(hidden)]
 pub mod sql;
@@ -49,9 +51,10 @@ mod timeout;
 pub use error::ErrorKind;
 #[doc(hidden)]
 pub use error::{classify_sqlstate, sqlstate_from_message};
-pub use info::{LockInfo, LockMode};
+pub use info::LockInfo;
 pub use key::{Key, KeySpace};
 pub use label::{KeyValue, LABEL_MAX, Labeled};
+pub use mode::LockMode;
 pub use namespace::Namespace;
 pub use preset::{ParsePresetError, Preset};
 pub use timeout::TimeoutOutOfRange;

@@ -64,29 +64,9 @@ pub enum Scope {
     Transaction,
 }
 
-/// Exclusive or shared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Mode {
-    /// Conflicts with every other holder.
-    Exclusive,
-    /// Conflicts only with exclusive holders.
-    Shared,
-}
-
-impl Mode {
-    /// `"exclusive"` or `"shared"`: the value both adapters log in their `tracing` events.
-    ///
-    /// ```
-    /// use advisory_common::sql::Mode;
-    /// assert_eq!(Mode::Shared.as_str(), "shared");
-    /// ```
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Exclusive => "exclusive",
-            Mode::Shared => "shared",
-        }
-    }
-}
+/// Exclusive or shared: the crate's one mode type, [`LockMode`](crate::LockMode), under the name
+/// the statement builders have always used.
+pub use crate::LockMode as Mode;
 
 /// How an acquire waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -232,10 +212,7 @@ fn push_call(s: &mut String, f: &str, key: Key) {
 /// assert!(s.contains("mode = 'ExclusiveLock'"));
 /// ```
 pub fn unlock_if_held_literal(mode: Mode, key: Key) -> String {
-    let lock_mode = match mode {
-        Mode::Exclusive => "ExclusiveLock",
-        Mode::Shared => "ShareLock",
-    };
+    let lock_mode = mode.pg_locks_name();
     let which = match key.value() {
         KeyValue::BigInt(k) => {
             format!("objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = {k}")

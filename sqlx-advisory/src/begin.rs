@@ -9,10 +9,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use advisory_common::Key;
-use advisory_common::sql::{self, Mode};
+use advisory_common::protocol::{self, Request};
+use advisory_common::sql::{self, Mode, Wait};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, SqlSafeStr, Transaction};
 
-use crate::error::{Error, classify};
+use crate::error::{Error, classify, refused};
 
 /// Open a transaction that already holds a transaction-level advisory lock, in **one round
 /// trip**: the one-call form of `begin()` + [`xact_lock`](crate::XactLockExt::xact_lock)
@@ -42,7 +43,7 @@ use crate::error::{Error, classify};
 ///   granted the connection is left **inside a transaction holding the lock** that sqlx does not
 ///   know about (sqlx's own `begin_with` behaves the same way). Close the connection after such a
 ///   cancellation, or use the pool method.
-pub trait BeginXactLockExt: Sized + crate::conn::sealed::Sealed {
+pub trait BeginXactLockExt: Sized + crate::session::sealed::Sealed {
     /// The transaction type: `Transaction<'static, Postgres>` for a pool,
     /// `Transaction<'c, Postgres>` for a borrowed connection.
     type Transaction;
@@ -127,22 +128,15 @@ pub trait BeginXactLockExt: Sized + crate::conn::sealed::Sealed {
     ) -> impl Future<Output = Result<Self::Transaction, Error>> + Send;
 }
 
-/// The statement that opens the transaction, as sqlx's custom `BEGIN` statement.
-fn statement(mode: Mode, key: Key, timeout: Option<Duration>) -> Result<sqlx::SqlStr, Error> {
-    let ms = timeout.map(advisory_common::timeout_millis).transpose()?;
-    Ok(AssertSqlSafe(sql::lock_then_begin(mode, key, ms)).into_sql_str())
-}
-
 async fn begin_on(
     conn: &mut PgConnection,
     key: Key,
     mode: Mode,
     timeout: Option<Duration>,
 ) -> Result<Transaction<'_, Postgres>, Error> {
-    if conn.is_in_transaction() {
-        return Err(Error::AlreadyInTransaction { key });
-    }
-    let statement = statement(mode, key, timeout)?;
+    protocol::begin_allowed(conn.is_in_transaction()).map_err(|r| refused(r, key))?;
+    let req = Request::new(key, mode, Wait::Timeout, timeout)?;
+    let statement = AssertSqlSafe(protocol::begin_statement(&req)).into_sql_str();
     let tx = conn
         .begin_with(statement)
         .await
@@ -157,11 +151,11 @@ async fn begin_on_pool(
     mode: Mode,
     timeout: Option<Duration>,
 ) -> Result<Transaction<'static, Postgres>, Error> {
-    let ms = timeout.map(advisory_common::timeout_millis).transpose()?;
+    let req = Request::new(key, mode, Wait::Timeout, timeout)?;
     // Tagged, so that a cancelled request's lock wait can be found and cancelled (see
     // `FinishOnDrop`).
     let tag = next_tag();
-    let text = sql::request_tag(tag) + &sql::lock_then_begin(mode, key, ms);
+    let text = sql::request_tag(tag) + &protocol::begin_statement(&req);
     let statement = AssertSqlSafe(text).into_sql_str();
     let conn = pool.acquire().await.map_err(Error::Pool)?;
     // `Transaction::begin` is what `Pool::begin_with` runs after its checkout; called directly
@@ -296,7 +290,7 @@ impl Drop for FinishOnDrop {
                 // No runtime to finish it on (and sqlx's pooled-connection drop needs one): drop
                 // it in a driverless runtime, where the connection is lost rather than returned.
                 tracing::warn!(%key, "begin_with_xact_lock cancelled outside any runtime; dropping its connection");
-                crate::exec::in_throwaway_runtime(|| drop(finish));
+                crate::driver::in_throwaway_runtime(|| drop(finish));
             }
         }
     }

@@ -1,29 +1,32 @@
-//! How statements reach the server: prepared lock/unlock statements, the savepoint batch, the
-//! drop-time queued unlock, and discarding a pooled connection safely with or without a runtime.
+//! The I/O of the adapter: how a statement of the protocol (`advisory_common::protocol`) reaches
+//! the server and its reply comes back, the drop-time queued unlock, and discarding a pooled
+//! connection safely with or without a runtime.
 
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
-use advisory_common::sql::{self, Mode, Scope, Wait};
+use std::borrow::Cow;
+
+use advisory_common::protocol::{Acquire, Answer, Finish, Prepared, Statement, Step};
+use advisory_common::sql::{self, Mode};
 use advisory_common::{Key, KeyValue, LockInfo};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, Postgres, Row, SqlSafeStr};
 
-use crate::error::{Error, classify};
+use crate::error::{Error, kind_of};
 
-/// A statement from `advisory_common::sql` with the key (and for timed acquires the milliseconds)
-/// bound as parameters.
-fn bind(sql: &'static str, key: Key, ms: Option<i32>) -> Query<'static, Postgres, PgArguments> {
-    let q = sqlx::query(sql);
-    let q = match key.value() {
+/// A prepared statement of `advisory_common::sql` with the key (and for timed acquires the
+/// milliseconds) bound as parameters.
+fn bind(p: &Prepared) -> Query<'static, Postgres, PgArguments> {
+    let q = sqlx::query(p.sql());
+    let q = match p.key.value() {
         KeyValue::BigInt(k) => q.bind(k),
         KeyValue::Pair(k1, k2) => q.bind(k1).bind(k2),
     };
-    match ms {
+    match p.ms {
         Some(ms) => q.bind(ms),
         None => q,
     }
@@ -31,58 +34,48 @@ fn bind(sql: &'static str, key: Key, ms: Option<i32>) -> Query<'static, Postgres
 
 /// Make sure `sql` is in the connection's statement cache. After the first use on a connection
 /// this costs one cache lookup and no round trip (sqlx's `get_or_prepare` returns the cached
-/// statement), and it means that once [`fetch_bool`] is polled, the next thing the server
-/// receives is the statement itself: `release()` uses that to know exactly when the unlock "may
-/// have been sent" (cancel safety).
+/// statement), and it means that once [`send`] is polled, the next thing the server receives is
+/// the statement itself: `release()` uses that to know exactly when the unlock "may have been
+/// sent" (cancel safety).
 pub(crate) async fn prepare(conn: &mut PgConnection, sql: &'static str) -> Result<(), sqlx::Error> {
     conn.prepare(sql.into_sql_str()).await.map(drop)
 }
 
-/// Run a prepared lock / unlock / held statement and read its one `boolean` column.
-pub(crate) async fn fetch_bool(
-    conn: &mut PgConnection,
-    sql: &'static str,
-    key: Key,
-    ms: Option<i32>,
-) -> Result<bool, sqlx::Error> {
-    let row = bind(sql, key, ms).fetch_one(&mut *conn).await?;
-    row.try_get::<bool, _>(0)
+/// Send one statement of the protocol and reduce the reply to an [`Answer`]: a prepared
+/// statement's one `boolean` column, or a simple-protocol batch's completion. The first poll
+/// writes a prepared statement that is already in the cache.
+pub(crate) async fn send(conn: &mut PgConnection, statement: Statement) -> Answer<sqlx::Error> {
+    let result = match statement {
+        Statement::Prepared(p) => match bind(&p).fetch_one(&mut *conn).await {
+            Ok(row) => row.try_get::<bool, _>(0).map(Answer::Row),
+            Err(e) => Err(e),
+        },
+        Statement::Simple(Cow::Borrowed(text)) => conn.execute(text).await.map(|_| Answer::Done),
+        Statement::Simple(Cow::Owned(text)) => conn
+            .execute(AssertSqlSafe(text))
+            .await
+            .map(|_| Answer::Done),
+    };
+    result.unwrap_or_else(|e| {
+        let kind = kind_of(&e);
+        Answer::Failed(e, kind)
+    })
 }
 
-/// A timed acquire inside an open transaction: one simple-protocol round trip
-/// (`SAVEPOINT; lock; RELEASE SAVEPOINT`); on failure the savepoint is rolled back so the caller's
-/// transaction stays usable, then the failure is classified.
-pub(crate) async fn savepoint_attempt(
+/// Run an acquire's conversation from its `first` statement to the end.
+pub(crate) async fn drive(
     conn: &mut PgConnection,
-    scope: Scope,
-    mode: Mode,
-    key: Key,
-    timeout: Duration,
-    ms: i32,
-) -> Result<(), Error> {
-    let batch = sql::savepoint_batch(scope, mode, key, ms);
-    match conn.execute(AssertSqlSafe(batch)).await {
-        Ok(_) => Ok(()),
-        Err(err) => {
-            let err = classify(err, key, Some(timeout));
-            if let Err(rb) = conn.execute(sql::SAVEPOINT_ROLLBACK).await {
-                tracing::warn!(%key, error = %rb, "could not roll back the advisory-lock savepoint; the transaction is aborted");
-            }
-            Err(err)
+    acquire: &mut Acquire<sqlx::Error>,
+    first: Statement,
+) -> Finish<sqlx::Error> {
+    let mut next = first;
+    loop {
+        let answer = send(conn, next).await;
+        match acquire.answer(answer) {
+            Step::Send(statement) => next = statement,
+            Step::Finish(finish) => return finish,
         }
     }
-}
-
-/// The statement for an acquire, its milliseconds parameter, and the caller's timeout.
-pub(crate) fn lock_statement(
-    scope: Scope,
-    mode: Mode,
-    wait: Wait,
-    key: Key,
-    timeout: Option<Duration>,
-) -> Result<(&'static str, Option<i32>), Error> {
-    let ms = timeout.map(advisory_common::timeout_millis).transpose()?;
-    Ok((sql::lock_sql(scope, mode, wait, key.space()), ms))
 }
 
 /// Every advisory lock in the current database, held or awaited, by any session.

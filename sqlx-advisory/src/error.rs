@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+use advisory_common::protocol::{Failure, Refused, Request};
 use advisory_common::{ErrorKind, Key, TimeoutOutOfRange, classify_sqlstate};
 use sqlx::error::DatabaseError;
 
@@ -110,21 +111,37 @@ impl Error {
             Error::InvalidTimeout(_) | Error::Pool(_) => None,
         }
     }
-
-    /// `true` for the failures after which the server says the lock was **not** granted and the
-    /// connection is in a known state (the lock statement failed cleanly).
-    pub(crate) fn is_clean_refusal(&self) -> bool {
-        matches!(
-            self,
-            Error::Timeout { .. } | Error::Deadlock { .. } | Error::LockTableFull { .. }
-        )
-    }
 }
 
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error()
         .and_then(|d| d.code())
         .map(Cow::into_owned)
+}
+
+/// What the protocol needs to know of a driver error: its SQLSTATE's lock-failure kind.
+pub(crate) fn kind_of(err: &sqlx::Error) -> Option<ErrorKind> {
+    sqlstate(err).and_then(|c| classify_sqlstate(&c))
+}
+
+/// The error of a failed request, as the protocol reports it.
+pub(crate) fn from_failure(failure: Failure<sqlx::Error>, req: &Request) -> Error {
+    match failure {
+        Failure::Timeout => Error::Timeout {
+            key: req.key(),
+            timeout: req.timeout().unwrap_or_default(),
+        },
+        Failure::Statement(err) => classify(err, req.key(), req.timeout()),
+        Failure::Check(err) => classify(err, req.key(), None),
+    }
+}
+
+/// A call refused before anything was sent.
+pub(crate) fn refused(refused: Refused, key: Key) -> Error {
+    match refused {
+        Refused::NotInTransaction => Error::NotInTransaction { key },
+        Refused::AlreadyInTransaction => Error::AlreadyInTransaction { key },
+    }
 }
 
 /// Turn a driver error from a lock statement on `key` into an [`Error`]. `timeout` is the caller's

@@ -3,12 +3,12 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
-use advisory_common::Key;
-use advisory_common::sql::{self, Mode};
+use advisory_common::protocol;
+use advisory_common::{Key, LockMode as Mode};
 use sqlx::PgConnection;
 
+use crate::driver;
 use crate::error::{Error, classify};
-use crate::exec;
 
 /// A session-level advisory lock held by a borrowed connection; returned by the
 /// [`LockExt`](crate::LockExt) methods on `&mut PgConnection` (and so on `PoolConnection<Postgres>`
@@ -83,18 +83,18 @@ impl<'c> LockGuard<'c> {
     /// after, the server completes the unlock and the connection's next use reads the reply.
     pub async fn release(mut self) -> Result<(), Error> {
         let (key, mode) = (self.key, self.mode);
-        let sql = sql::unlock_sql(mode, key.space());
+        let unlock = protocol::release_statement(key, mode);
         // Idle first (answers still owed are read), the unlock prepared: then its first poll puts
         // it in the write buffer at once, which is when the guard stops being responsible.
-        exec::drain(self.conn)
+        driver::drain(self.conn)
             .await
             .map_err(|e| classify(e, key, None))?;
-        exec::prepare(self.conn, sql)
+        driver::prepare(self.conn, unlock.sql())
             .await
             .map_err(|e| classify(e, key, None))?;
-        let unlock = exec::fetch_bool(self.conn, sql, key, None);
+        let unlock = driver::send(self.conn, unlock.into());
         self.state = State::Releasing;
-        let unlocked = unlock.await;
+        let unlocked = protocol::released(unlock.await);
         self.state = State::Released;
         match unlocked {
             Ok(true) => {
@@ -110,10 +110,8 @@ impl<'c> LockGuard<'c> {
     /// mode. Notices a lock lost with its connection or released behind the guard's back.
     pub async fn is_held(&mut self) -> Result<bool, Error> {
         let key = self.key;
-        let sql = sql::held_sql(self.mode, key.space());
-        exec::fetch_bool(self.conn, sql, key, None)
-            .await
-            .map_err(|e| classify(e, key, None))
+        let held = protocol::held_statement(key, self.mode).into();
+        protocol::held(driver::send(self.conn, held).await).map_err(|e| classify(e, key, None))
     }
 }
 
@@ -121,7 +119,7 @@ impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         match self.state {
             State::Held => {
-                exec::queue_unlock(self.conn, self.mode, self.key);
+                driver::queue_unlock(self.conn, self.mode, self.key);
             }
             State::Releasing => {
                 tracing::debug!(key = %self.key, "release() cancelled after the unlock was sent; the server completes it");

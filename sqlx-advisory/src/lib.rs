@@ -52,12 +52,12 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+mod driver;
 mod error;
-mod exec;
 
 mod begin;
-mod conn;
 mod guard;
+mod session;
 mod xact;
 
 mod pool;
@@ -73,7 +73,7 @@ pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::Error;
 
 pub use begin::BeginXactLockExt;
-pub use conn::LockExt;
+pub use session::LockExt;
 pub use guard::LockGuard;
 pub use xact::XactLockExt;
 

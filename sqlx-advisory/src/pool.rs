@@ -5,14 +5,15 @@ use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use advisory_common::sql::{self, Mode, Wait};
+use advisory_common::protocol::{self, Acquire, Request};
+use advisory_common::sql::{Mode, Wait};
 use advisory_common::{Key, LockInfo};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::conn::{LockExt, lock_methods, lock_on};
+use crate::driver::{self, CloseUnlessKept};
 use crate::error::{Error, classify};
-use crate::exec::{self, CloseUnlessKept};
+use crate::session::{LockExt, lock_methods, lock_on};
 
 /// A session-level advisory lock held by a connection checked out of a `PgPool`; returned by the
 /// [`LockExt`] methods on `&PgPool`.
@@ -75,13 +76,13 @@ impl PoolLockGuard {
             .take()
             .expect("connection present while the guard lives");
         let mut held = CloseUnlessKept::new(conn, key, true);
-        let sql = sql::unlock_sql(mode, key.space());
         // Answers still owed by the connection (a failed query's) are read first, so the unlock
         // gets its own answer.
-        exec::drain(held.conn())
+        driver::drain(held.conn())
             .await
             .map_err(|e| classify(e, key, None))?;
-        match exec::fetch_bool(held.conn(), sql, key, None).await {
+        let unlock = protocol::release_statement(key, mode).into();
+        match protocol::released(driver::send(held.conn(), unlock).await) {
             Ok(true) => {
                 drop(held.keep());
                 tracing::debug!(%key, "advisory lock released; connection returned to the pool");
@@ -96,10 +97,8 @@ impl PoolLockGuard {
     /// mode.
     pub async fn is_held(&mut self) -> Result<bool, Error> {
         let key = self.key;
-        let sql = sql::held_sql(self.mode, key.space());
-        exec::fetch_bool(self, sql, key, None)
-            .await
-            .map_err(|e| classify(e, key, None))
+        let held = protocol::held_statement(key, self.mode).into();
+        protocol::held(driver::send(self, held).await).map_err(|e| classify(e, key, None))
     }
 }
 
@@ -111,15 +110,15 @@ impl Drop for PoolLockGuard {
         let key = self.key;
         if tokio::runtime::Handle::try_current().is_err() {
             tracing::warn!(%key, "pool guard dropped outside a tokio runtime: closing its connection (the server releases the lock when the session ends)");
-            exec::discard(conn);
+            driver::discard(conn);
             return;
         }
         // Queued behind whatever the connection still owes; sqlx's release check (`ping`, which
         // reads every pending answer) runs before the connection is idle in the pool again, and
         // closes it if the unlock failed.
-        match exec::queue_unlock(&mut conn, self.mode, key) {
-            exec::Queued::Yes => drop(conn),
-            exec::Queued::No => exec::discard(conn),
+        match driver::queue_unlock(&mut conn, self.mode, key) {
+            driver::Queued::Yes => drop(conn),
+            driver::Queued::No => driver::discard(conn),
         }
     }
 }
@@ -159,13 +158,15 @@ async fn acquire(
     timeout: Option<Duration>,
 ) -> Result<Option<PoolLockGuard>, Error> {
     // Validate the timeout before checking anything out.
-    timeout.map(advisory_common::timeout_millis).transpose()?;
+    let req = Request::new(key, mode, wait, timeout)?;
     let conn = pool.acquire().await.map_err(Error::Pool)?;
     // Not armed until the lock statement is about to be sent: dropped before that, the checkout
     // simply goes back to the pool.
     let mut held = CloseUnlessKept::new(conn, key, false);
     let (conn, armed) = held.parts();
-    let locked = lock_on(conn, armed, key, mode, wait, timeout).await?;
+    let mut acquire = Acquire::session(req);
+    let first = acquire.start();
+    let locked = lock_on(conn, armed, acquire, first).await?;
     if locked {
         Ok(Some(PoolLockGuard::new(held.keep(), key, mode)))
     } else {
@@ -180,6 +181,6 @@ impl LockExt for &PgPool {
 
     async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
         let mut conn = self.acquire().await.map_err(Error::Pool)?;
-        exec::advisory_locks(&mut conn).await
+        driver::advisory_locks(&mut conn).await
     }
 }

@@ -3,12 +3,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use advisory_common::sql::{self, Mode, Scope, Wait};
+use advisory_common::protocol::{self, Acquire, After, Request, Statement};
+use advisory_common::sql::{self, Mode, Wait};
 use advisory_common::{Key, LockInfo};
 use sqlx::{Connection, PgConnection};
 
-use crate::error::{Error, classify};
-use crate::exec::{self, Acquiring};
+use crate::driver::{self, Acquiring};
+use crate::error::{Error, classify, from_failure, refused};
 use crate::guard::LockGuard;
 
 pub(crate) mod sealed {
@@ -195,56 +196,43 @@ pub trait LockExt: Sized + sealed::Sealed {
     fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send;
 }
 
-/// Send one session-scope acquire on `conn`. `Ok(true)`: granted; `Ok(false)`: a try found it taken.
+/// Run a session-scope acquire on `conn` from its `first` statement (see
+/// [`advisory_common::protocol::Acquire`] for the conversation: the grant-at-timeout check is
+/// decided there). `Ok(true)`: granted; `Ok(false)`: a try found it taken.
 ///
 /// `armed` is set while the lock request is on its way or in flight, and left set if the outcome
-/// leaves the session's locks unknown (anything but a grant, a refused try, or a clean refusal:
-/// timeout, deadlock, lock table full). The caller's drop handler reads it.
-///
-/// PostgreSQL can report `lock_timeout` (`55P03`) for a wait granted in the same instant:
-/// `LockErrorCleanup` (`src/backend/storage/lmgr/proc.c`) keeps a lock granted while the timeout
-/// was being processed, and the error is raised anyway. Neither the failed statement nor the
-/// rolled-back savepoint releases a session lock, so a timeout is followed by one `held_sql` check
-/// (see [`granted_at_timeout`]).
+/// leaves the session's locks unsettled (anything but a grant, a refused try, or a clean
+/// refusal). The caller's drop handler reads it.
 pub(crate) async fn lock_on(
     conn: &mut PgConnection,
     armed: &mut bool,
-    key: Key,
-    mode: Mode,
-    wait: Wait,
-    timeout: Option<Duration>,
+    mut acquire: Acquire<sqlx::Error>,
+    first: Statement,
 ) -> Result<bool, Error> {
-    let (lock, ms) = exec::lock_statement(Scope::Session, mode, wait, key, timeout)?;
+    let req = *acquire.request();
+    let (key, mode) = (req.key(), req.mode());
     // Armed from here: the request may be on the wire once the statement is first polled (on a
     // checkout's first use, sqlx prepares it first; a cancellation then is treated the same).
     *armed = true;
-    let res = exec::fetch_bool(conn, lock, key, ms)
-        .await
-        .map_err(|e| classify(e, key, timeout));
-    match res {
+    let finish = driver::drive(conn, &mut acquire, first).await;
+    // Still armed while a post-timeout check runs: until it answers, the session may hold the
+    // lock. If the check fails, it stays armed and its error is returned. A grant stays armed
+    // until the caller hands the connection to its guard.
+    *armed = finish.after.is_unsettled() || matches!(finish.outcome, Ok(true));
+    if finish.kept_at_timeout {
+        tracing::debug!(%key, mode = mode.as_str(), "lock_timeout fired as the lock was granted; keeping it");
+    }
+    match finish.outcome {
         Ok(true) => {
             prepare_unlock(conn, mode, key).await;
             Ok(true)
         }
-        Ok(false) => {
-            *armed = false;
-            Ok(false)
-        }
-        // Still armed while the check runs: until it answers, the session may hold the lock.
-        // If the check fails, it stays armed and its error is returned.
-        Err(e @ Error::Timeout { .. }) => {
-            if granted_at_timeout(conn, key, mode).await? {
-                prepare_unlock(conn, mode, key).await;
-                return Ok(true);
+        Ok(false) => Ok(false),
+        Err(failure) => {
+            if finish.after == After::MaybeHeld {
+                tracing::warn!(%key, "lock_timeout fired, and checking whether the lock was granted in that instant failed: the session may hold it");
             }
-            *armed = false;
-            Err(e)
-        }
-        Err(e) => {
-            if e.is_clean_refusal() {
-                *armed = false;
-            }
-            Err(e)
+            Err(from_failure(failure, &req))
         }
     }
 }
@@ -255,27 +243,9 @@ pub(crate) async fn lock_on(
 /// lookup, like the raw SQL. If preparing fails the guard is still returned: the lock is held, and
 /// `release()` (or the guard's drop) deals with the connection.
 async fn prepare_unlock(conn: &mut PgConnection, mode: Mode, key: Key) {
-    if let Err(error) = exec::prepare(conn, sql::unlock_sql(mode, key.space())).await {
+    if let Err(error) = driver::prepare(conn, sql::unlock_sql(mode, key.space())).await {
         tracing::debug!(%key, %error, "preparing the unlock statement failed; release() retries");
     }
-}
-
-/// After a session-scope timed acquire failed with `lock_timeout`: does the session hold `key` in
-/// `mode` anyway? A timed acquire only ever waits for a key the session does not already hold in
-/// that mode (PostgreSQL grants re-entrant requests at once), so "held" means "granted in the
-/// instant of the timeout", and the lock is kept and reported as acquired.
-async fn granted_at_timeout(conn: &mut PgConnection, key: Key, mode: Mode) -> Result<bool, Error> {
-    let held = match exec::fetch_bool(conn, sql::held_sql(mode, key.space()), key, None).await {
-        Ok(held) => held,
-        Err(error) => {
-            tracing::warn!(%key, %error, "lock_timeout fired, and checking whether the lock was granted in that instant failed: the session may hold it");
-            return Err(classify(error, key, None));
-        }
-    };
-    if held {
-        tracing::debug!(%key, mode = mode.as_str(), "lock_timeout fired as the lock was granted; keeping it");
-    }
-    Ok(held)
 }
 
 async fn acquire(
@@ -288,22 +258,24 @@ async fn acquire(
     // A session lock inside a transaction could outlive its guard: if the transaction aborts,
     // PostgreSQL refuses the guard's unlock until the transaction ends, and nothing of sqlx's
     // public API runs a statement after that. Refused, nothing sent.
-    if conn.is_in_transaction() {
-        return Err(Error::AlreadyInTransaction { key });
-    }
-    let (lock, _) = exec::lock_statement(Scope::Session, mode, wait, key, timeout)?;
+    protocol::session_allowed(conn.is_in_transaction()).map_err(|r| refused(r, key))?;
+    let req = Request::new(key, mode, wait, timeout)?;
+    let mut acquire = Acquire::session(req);
+    let first = acquire.start();
     // Answers still owed (a failed or cancelled query) are read first, and the statement is made
     // ready in the cache (no I/O after the first use): then the lock statement's first poll puts
     // it in the write buffer at once, so `armed` means exactly "the request may be out".
-    exec::drain(conn)
+    driver::drain(conn)
         .await
         .map_err(|e| classify(e, key, timeout))?;
-    exec::prepare(conn, lock)
-        .await
-        .map_err(|e| classify(e, key, timeout))?;
+    if let Some(lock) = first.as_prepared() {
+        driver::prepare(conn, lock.sql())
+            .await
+            .map_err(|e| classify(e, key, timeout))?;
+    }
     let mut acquiring = Acquiring::new(conn, key, mode);
     let (conn, armed) = acquiring.parts();
-    let locked = lock_on(conn, armed, key, mode, wait, timeout).await;
+    let locked = lock_on(conn, armed, acquire, first).await;
     // A failed request is disarmed by `lock_on` when it cannot have left a hold (a refusal, a
     // timeout checked with `held`); otherwise dropping `acquiring` queues the undo.
     let locked = match locked {
@@ -334,7 +306,7 @@ macro_rules! lock_methods {
             key: impl Into<Key>,
         ) -> impl Future<Output = Result<$guard, Error>> + Send {
             let fut = $acquire(self, key.into(), Mode::Exclusive, Wait::Block, None);
-            async move { fut.await.map($crate::conn::granted) }
+            async move { fut.await.map($crate::session::granted) }
         }
 
         fn advisory_lock_shared(
@@ -342,7 +314,7 @@ macro_rules! lock_methods {
             key: impl Into<Key>,
         ) -> impl Future<Output = Result<$guard, Error>> + Send {
             let fut = $acquire(self, key.into(), Mode::Shared, Wait::Block, None);
-            async move { fut.await.map($crate::conn::granted) }
+            async move { fut.await.map($crate::session::granted) }
         }
 
         fn try_advisory_lock(
@@ -371,7 +343,7 @@ macro_rules! lock_methods {
                 Wait::Timeout,
                 Some(timeout),
             );
-            async move { fut.await.map($crate::conn::granted) }
+            async move { fut.await.map($crate::session::granted) }
         }
 
         fn advisory_lock_shared_timeout(
@@ -380,7 +352,7 @@ macro_rules! lock_methods {
             timeout: Duration,
         ) -> impl Future<Output = Result<$guard, Error>> + Send {
             let fut = $acquire(self, key.into(), Mode::Shared, Wait::Timeout, Some(timeout));
-            async move { fut.await.map($crate::conn::granted) }
+            async move { fut.await.map($crate::session::granted) }
         }
     };
 }
@@ -392,6 +364,6 @@ impl<'c> LockExt for &'c mut PgConnection {
     lock_methods!(acquire, LockGuard<'c>);
 
     fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send {
-        exec::advisory_locks(self)
+        driver::advisory_locks(self)
     }
 }

@@ -4,11 +4,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use advisory_common::Key;
-use advisory_common::sql::{Mode, Scope, Wait};
+use advisory_common::protocol::{self, Acquire, After, Request};
+use advisory_common::sql::{Mode, Wait};
 use sqlx::{Connection, PgConnection};
 
-use crate::error::{Error, classify};
-use crate::exec;
+use crate::driver;
+use crate::error::{Error, from_failure, refused};
 
 /// Transaction-level advisory locks (`pg_advisory_xact_lock` and friends), released by the
 /// transaction's COMMIT or ROLLBACK; there is no unlock and no guard.
@@ -28,7 +29,7 @@ use crate::exec;
 /// Until then the connection still carries the in-flight request; sqlx reads its reply on the
 /// connection's next use. A timed attempt cancelled mid-flight may leave its savepoint behind
 /// (and, if it then timed out on the server, the transaction aborted); roll back in that case.
-pub trait XactLockExt: Sized + crate::conn::sealed::Sealed {
+pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
     /// Take the exclusive transaction lock on `key`, waiting as long as it takes.
     ///
     /// ```
@@ -137,19 +138,15 @@ async fn xact(
     wait: Wait,
     timeout: Option<Duration>,
 ) -> Result<bool, Error> {
-    if !conn.is_in_transaction() {
-        return Err(Error::NotInTransaction { key });
+    protocol::xact_allowed(conn.is_in_transaction()).map_err(|r| refused(r, key))?;
+    let req = Request::new(key, mode, wait, timeout)?;
+    let mut acquire = Acquire::xact(req);
+    let first = acquire.start();
+    let finish = driver::drive(conn, &mut acquire, first).await;
+    if finish.after == After::TransactionAborted {
+        tracing::warn!(%key, "could not roll back the advisory-lock savepoint; the transaction is aborted");
     }
-    let (sql, ms) = exec::lock_statement(Scope::Transaction, mode, wait, key, timeout)?;
-    let locked = match (timeout, ms) {
-        (Some(timeout), Some(ms)) => {
-            exec::savepoint_attempt(conn, Scope::Transaction, mode, key, timeout, ms).await?;
-            true
-        }
-        _ => exec::fetch_bool(conn, sql, key, ms)
-            .await
-            .map_err(|e| classify(e, key, timeout))?,
-    };
+    let locked = finish.outcome.map_err(|f| from_failure(f, &req))?;
     if locked {
         tracing::debug!(%key, mode = mode.as_str(), "transaction advisory lock acquired");
     }
