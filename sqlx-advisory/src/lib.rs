@@ -64,6 +64,8 @@ mod pool;
 
 mod locker;
 
+mod locker;
+
 pub mod schema;
 
 pub use advisory_common::{
@@ -78,6 +80,8 @@ pub use guard::LockGuard;
 pub use xact::XactLockExt;
 
 pub use pool::PoolLockGuard;
+
+pub use locker::{Leadership, Lease, Locker, LockerOptions};
 
 pub use locker::{Leadership, Lease, Locker, LockerOptions};
 

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use advisory_common::locker::{Engine, Event, LeaseId, Op, WaitOutcome, sql as lsql};
@@ -54,8 +53,8 @@ enum WaitMsg {
 
 struct Wait {
     generation: u64,
-    pid: Arc<AtomicI32>,
-    task: tokio::task::AbortHandle,
+    /// Dropped or fired: the waiter cancels its backend's wait and reports `Done`.
+    cancel: Option<oneshot::Sender<()>>,
 }
 
 pub(super) async fn run(
@@ -259,37 +258,17 @@ impl Task {
 
     /// Start and cancel server-side waits.
     async fn flush(&mut self, wait_tx: &mpsc::UnboundedSender<WaitMsg>) {
-        while let Some(key) = self.engine.poll_wait_cancel() {
-            if let Some(w) = self.waits.remove(&key) {
-                // close the waiter's socket, and cancel its backend's wait (a backend blocked in a
-                // lock wait does not notice its client leaving)
-                w.task.abort();
-                let pid = w.pid.load(Ordering::Acquire);
-                if pid != 0
-                    && let Some(s) = self.session.as_mut()
-                {
-                    let _ = tokio::time::timeout(
-                        self.cfg.keepalive_timeout,
-                        sqlx::query(lsql::CANCEL_WAIT)
-                            .bind(pid)
-                            .execute(&mut s.listener),
-                    )
-                    .await;
-                }
-            }
-            self.engine.wait_done(key, WaitOutcome::Cancelled);
-        }
         while let Some((key, mode)) = self.engine.poll_wait_start() {
             self.wait_gen += 1;
             let generation = self.wait_gen;
-            let pid = Arc::new(AtomicI32::new(0));
-            let task = tokio::spawn(
+            let (cancel, cancelled) = oneshot::channel();
+            tokio::spawn(
                 wait_free(
                     self.opts.clone(),
                     key,
                     mode,
                     generation,
-                    pid.clone(),
+                    cancelled,
                     self.idle_waiters.clone(),
                     wait_tx.clone(),
                 )
@@ -301,10 +280,17 @@ impl Task {
                 key,
                 Wait {
                     generation,
-                    pid,
-                    task: task.abort_handle(),
+                    cancel: Some(cancel),
                 },
             );
+        }
+        // after the starts: a wait started and given up within one step is cancelled too
+        while let Some(key) = self.engine.poll_wait_cancel() {
+            // the waiter cancels its backend's wait itself and reports Done; the engine keeps the
+            // key's one wait slot until then
+            if let Some(cancel) = self.waits.get_mut(&key).and_then(|w| w.cancel.take()) {
+                let _ = cancel.send(());
+            }
         }
         self.deliver();
     }
@@ -453,31 +439,38 @@ impl Task {
 }
 
 /// A waiter: block in `pg_advisory_lock` on a separate connection until `key` is free, let it go,
-/// report. Reuses idle waiter connections.
+/// report. Reuses idle waiter connections. When cancelled it cancels its backend's wait with
+/// `pg_cancel_backend` from another connection (a backend blocked in a lock wait does not notice
+/// its client leaving), repeating the cancel until its statement has answered: a cancel that
+/// reaches the backend before the statement does is ignored by the server.
 async fn wait_free(
     opts: PgConnectOptions,
     key: Key,
     mode: Mode,
     generation: u64,
-    pid_slot: Arc<AtomicI32>,
+    mut cancelled: oneshot::Receiver<()>,
     idle: Arc<std::sync::Mutex<Vec<(PgConnection, i32)>>>,
     tx: mpsc::UnboundedSender<WaitMsg>,
 ) {
+    let failed = WaitMsg::Done(
+        key,
+        generation,
+        WaitOutcome::Failed(ErrorKind::ConnectionLost),
+    );
     let reused = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
     let (mut conn, pid) = match reused {
         Some(c) => c,
         None => {
-            let conn = PgConnection::connect_with(&opts).await;
-            let mut conn = match conn {
-                Ok(c) => c,
-                Err(_) => {
-                    let _ = tx.send(WaitMsg::Done(
-                        key,
-                        generation,
-                        WaitOutcome::Failed(ErrorKind::ConnectionLost),
-                    ));
+            let opened = tokio::select! {
+                c = PgConnection::connect_with(&opts) => c,
+                _ = &mut cancelled => {
+                    let _ = tx.send(WaitMsg::Done(key, generation, WaitOutcome::Cancelled));
                     return;
                 }
+            };
+            let Ok(mut conn) = opened else {
+                let _ = tx.send(failed);
+                return;
             };
             let pid: Result<i32, _> = sqlx::query_scalar(csql::BACKEND_PID)
                 .fetch_one(&mut conn)
@@ -485,17 +478,12 @@ async fn wait_free(
             match pid {
                 Ok(pid) => (conn, pid),
                 Err(_) => {
-                    let _ = tx.send(WaitMsg::Done(
-                        key,
-                        generation,
-                        WaitOutcome::Failed(ErrorKind::ConnectionLost),
-                    ));
+                    let _ = tx.send(failed);
                     return;
                 }
             }
         }
     };
-    pid_slot.store(pid, Ordering::Release);
     let (big, pair) = lsql::key_params(key);
     let q = sqlx::query(lsql::wait_free_sql(mode, key.space()));
     let q = match (big, pair) {
@@ -503,19 +491,47 @@ async fn wait_free(
         (None, Some((x, y))) => q.bind(x).bind(y),
         (None, None) => unreachable!(),
     };
-    let outcome = match q.execute(&mut conn).await {
-        Ok(_) => {
-            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < 4 {
-                idle.push((conn, pid));
+    let mut was_cancelled = false;
+    let res = {
+        let fut = q.execute(&mut conn);
+        tokio::pin!(fut);
+        tokio::select! {
+            r = &mut fut => r,
+            _ = &mut cancelled => {
+                was_cancelled = true;
+                let mut canceller: Option<PgConnection> = None;
+                let mut backoff = Duration::from_millis(5);
+                loop {
+                    if canceller.is_none() {
+                        canceller = PgConnection::connect_with(&opts).await.ok();
+                    }
+                    if let Some(c) = canceller.as_mut()
+                        && sqlx::query(lsql::CANCEL_WAIT).bind(pid).execute(&mut *c).await.is_err()
+                    {
+                        canceller = None;
+                    }
+                    tokio::select! {
+                        r = &mut fut => break r,
+                        _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(1)),
+                    }
+                }
             }
-            WaitOutcome::Free
         }
+    };
+    let outcome = match res {
+        Ok(_) => WaitOutcome::Free,
+        Err(_) if was_cancelled => WaitOutcome::Cancelled,
         Err(e) => match Error::from(e).kind() {
             Some(ErrorKind::Deadlock) => WaitOutcome::Failed(ErrorKind::Deadlock),
             Some(ErrorKind::LockTableFull) => WaitOutcome::Failed(ErrorKind::LockTableFull),
             _ => WaitOutcome::Failed(ErrorKind::ConnectionLost),
         },
     };
+    if !matches!(outcome, WaitOutcome::Failed(_)) {
+        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 4 {
+            idle.push((conn, pid));
+        }
+    }
     let _ = tx.send(WaitMsg::Done(key, generation, outcome));
 }

@@ -69,7 +69,10 @@ async fn same_process_contenders_are_queued_locally_without_a_server_wait() {
         let (l, order, inside) = (locker.clone(), order.clone(), inside.clone());
         waiters.push(tokio::spawn(async move {
             let lease = l.lock(k).await.unwrap();
-            assert!(!inside.swap(true, Ordering::SeqCst), "two local leases at once");
+            assert!(
+                !inside.swap(true, Ordering::SeqCst),
+                "two local leases at once"
+            );
             order.lock().unwrap().push(i);
             tokio::time::sleep(Duration::from_millis(10)).await;
             inside.store(false, Ordering::SeqCst);
@@ -78,7 +81,10 @@ async fn same_process_contenders_are_queued_locally_without_a_server_wait() {
         // FIFO: each is queued before the next one starts
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(order.lock().unwrap().is_empty(), "nobody got it while the first lease lives");
+    assert!(
+        order.lock().unwrap().is_empty(),
+        "nobody got it while the first lease lives"
+    );
     let rows = locks(&[k]).await;
     assert_eq!(rows.len(), 1, "one hold, no server-side waiter: {rows:#?}");
     assert!(rows[0].granted);
