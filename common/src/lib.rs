@@ -38,8 +38,6 @@ mod key;
 mod label;
 #[doc(hidden)]
 pub mod locker;
-#[doc(hidden)]
-pub mod locker;
 pub mod migration_keys;
 mod mode;
 mod namespace;

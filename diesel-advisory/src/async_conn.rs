@@ -3,14 +3,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use advisory_common::protocol::Acquire;
 use advisory_common::sql::{self, Mode, Scope};
 use advisory_common::{Key, LockInfo};
 use diesel_async::AsyncPgConnection;
 
 use crate::Error;
 use crate::async_exec::{
-    after_timeout, batch_then, held, lock, locks, mark_broken, queue, session_allowed,
-    transaction_unsettled,
+    lock, locks, mark_broken, queue, run, session_allowed, transaction_unsettled,
 };
 use crate::async_guard::AsyncLockGuard;
 use crate::holds;
@@ -300,7 +300,7 @@ async fn acquire_borrowed(
     conn: &mut AsyncPgConnection,
     req: Request,
 ) -> Result<Option<AsyncLockGuard<'_>>, Error> {
-    req.millis()?;
+    req.validated()?;
     session_allowed(conn, &req)?;
     let locked = if holds::holders(req.key, req.mode) == 0 {
         lock_armed_early(conn, &req).await?
@@ -329,32 +329,18 @@ async fn lock_armed_early(conn: &mut AsyncPgConnection, req: &Request) -> Result
 }
 
 /// Another guard may hold the key in this mode on this very connection: one simple-protocol
-/// statement, with the unlock armed only once its first poll has put it on its way.
+/// statement ([`Acquire::session_literal`]), with the unlock armed only once its first poll has
+/// put it on its way.
 async fn lock_armed_on_the_wire(
     conn: &mut AsyncPgConnection,
     req: &Request,
 ) -> Result<bool, Error> {
-    let sql = req.session_literal()?;
+    let acquire = Acquire::session_literal(req.validated()?);
     let mut pending = QueueUnlockOnDrop::new(conn, req.key, req.mode, false);
-    let sent = {
+    let outcome = {
         let QueueUnlockOnDrop { conn, armed, .. } = &mut pending;
         let conn = conn.as_deref_mut().expect("present until dropped");
-        batch_then(conn, &sql, || *armed = true).await
-    };
-    let outcome = match (sent.map_err(|e| req.classify(e)), req.how) {
-        // the statement's answer is not returned by a simple query: ask `pg_locks` (after a
-        // refused try the session does not hold the key in that mode at all, see above)
-        (Ok(()), How::Try) => held(pending.conn(), req.key, req.mode)
-            .await
-            .map_err(|error| Failed {
-                error,
-                maybe_held: true,
-            }),
-        (Ok(()), _) => Ok(true),
-        (Err(Error::Timeout { key, timeout }), _) => after_timeout(pending.conn(), req)
-            .await
-            .and_then(|kept| kept.ok_or(Error::Timeout { key, timeout }.into())),
-        (Err(error), _) => Err(error.into()),
+        run(conn, acquire, req, || *armed = true).await
     };
     match outcome {
         // unknown outcome: `pending` queues the unlock
@@ -364,7 +350,6 @@ async fn lock_armed_on_the_wire(
         }) => Err(error),
         outcome => {
             pending.finish();
-            tracing::debug!(key = %req.key, mode = req.mode.as_str(), ok = outcome.is_ok(), "advisory lock (simple protocol)");
             outcome.map_err(|f| f.error)
         }
     }

@@ -5,7 +5,8 @@ use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use advisory_common::sql::{Mode, SAVEPOINT_ROLLBACK, Scope};
+use advisory_common::protocol::{Acquire, After, Answer, Statement, Step};
+use advisory_common::sql::{Mode, Scope};
 use advisory_common::{Key, LockInfo};
 use diesel::result::Error as DieselError;
 use diesel_async::{
@@ -14,8 +15,9 @@ use diesel_async::{
 };
 
 use crate::Error;
-use crate::request::{Failed, How, Request, held_stmt, unlock_stmt};
-use crate::stmt::{LocksRow, decode_locks, locks_stmt};
+use crate::error::kind_of;
+use crate::request::{Failed, Request, held_stmt, unlock_stmt};
+use crate::stmt::{BoolStmt, LocksRow, decode_locks, locks_stmt};
 
 /// diesel-async's own bookkeeping: how deep is the open transaction? No round trip.
 pub(crate) fn transaction_depth(conn: &mut AsyncPgConnection) -> Result<u32, Error> {
@@ -47,76 +49,68 @@ pub(crate) fn transaction_unsettled(conn: &mut AsyncPgConnection) -> bool {
         || AnsiTransactionManager::is_broken_transaction_manager(conn)
 }
 
-/// Send one acquire as a prepared statement; `Ok(true)` when granted.
-///
-/// The session-scope timeout race (55P03 for a wait granted in the same instant) is handled as in
-/// `crate::conn::lock`: a `held` check keeps such a lock, and [`Failed::maybe_held`] reports a
-/// check that failed.
+/// Run one acquire as a prepared statement (a timed transaction-scope one as the savepoint
+/// batch); `Ok(true)` when granted. The conversation is [`Acquire`]'s, as in
+/// `crate::conn::lock`; [`Failed::maybe_held`] reports a post-timeout check that failed.
 pub(crate) async fn lock(
     conn: &mut AsyncPgConnection,
     scope: Scope,
     req: &Request,
 ) -> Result<bool, Failed> {
-    let ms = req.millis()?;
-    let result = match (req.how, ms) {
-        // `xact` only calls this inside a transaction block: a savepoint keeps it usable
-        (How::Timeout(_), Some(ms)) if scope == Scope::Transaction => {
-            lock_in_savepoint(conn, scope, req, ms).await
+    let preq = req.validated()?;
+    let acquire = match scope {
+        Scope::Session => Acquire::session(preq),
+        Scope::Transaction => Acquire::xact(preq),
+    };
+    run(conn, acquire, req, || {}).await
+}
+
+/// Run an acquire's conversation to its end; `sent` is called once the acquire is on its way (see
+/// [`send`]).
+pub(crate) async fn run(
+    conn: &mut AsyncPgConnection,
+    mut acquire: Acquire<DieselError>,
+    req: &Request,
+    sent: impl FnOnce(),
+) -> Result<bool, Failed> {
+    let preq = *acquire.request();
+    let mut answer = send(conn, acquire.start(), sent).await;
+    let finish = loop {
+        match acquire.answer(answer) {
+            Step::Send(statement) => answer = send(conn, statement, || {}).await,
+            Step::Finish(finish) => break finish,
         }
-        _ => req
-            .lock_stmt(scope, ms)
-            .get_async(conn)
-            .await
-            .map_err(|e| req.classify(e)),
     };
-    let locked = match result {
-        Err(Error::Timeout { key, timeout }) if scope == Scope::Session => after_timeout(conn, req)
-            .await?
-            .ok_or(Error::Timeout { key, timeout })?,
-        other => other?,
-    };
-    tracing::debug!(key = %req.key, mode = req.mode.as_str(), ?scope, locked, "advisory lock");
+    if finish.kept_at_timeout {
+        tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
+    }
+    if finish.after == After::TransactionAborted {
+        tracing::warn!(key = %req.key, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
+    }
+    let locked = Failed::outcome(finish, &preq)?;
+    tracing::debug!(key = %req.key, mode = req.mode.as_str(), scope = ?acquire.scope(), form = ?acquire.form(), locked, "advisory lock");
     Ok(locked)
 }
 
-/// After a session-scope 55P03: `Some(true)` if the lock was granted in the instant of the
-/// timeout (kept), `None` if not.
-pub(crate) async fn after_timeout(
+/// Send one statement of the protocol and reduce the reply to an [`Answer`]. `sent` is called
+/// once the statement is on its way: a simple-protocol text after its first poll (see
+/// [`batch_then`]), a prepared statement before it is sent.
+async fn send(
     conn: &mut AsyncPgConnection,
-    req: &Request,
-) -> Result<Option<bool>, Failed> {
-    match held(conn, req.key, req.mode).await {
-        Ok(true) => {
-            tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
-            Ok(Some(true))
+    statement: Statement,
+    sent: impl FnOnce(),
+) -> Answer<DieselError> {
+    let result = match statement {
+        Statement::Prepared(p) => {
+            sent();
+            BoolStmt::from(p).get_async(conn).await.map(Answer::Row)
         }
-        Ok(false) => Ok(None),
-        Err(error) => Err(Failed {
-            error,
-            maybe_held: true,
-        }),
-    }
-}
-
-async fn lock_in_savepoint(
-    conn: &mut AsyncPgConnection,
-    scope: Scope,
-    req: &Request,
-    ms: i32,
-) -> Result<bool, Error> {
-    match conn.batch_execute(&req.savepoint_batch(scope, ms)).await {
-        Ok(()) => {
-            tracing::debug!(key = %req.key, ?scope, "advisory lock (in savepoint)");
-            Ok(true)
-        }
-        Err(err) => {
-            if let Err(rollback) = conn.batch_execute(SAVEPOINT_ROLLBACK).await {
-                tracing::warn!(key = %req.key, error = %rollback, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
-                return Err(Error::Database(err));
-            }
-            Err(req.classify(err))
-        }
-    }
+        Statement::Simple(text) => batch_then(conn, &text, sent).await.map(|()| Answer::Done),
+    };
+    result.unwrap_or_else(|e| {
+        let kind = kind_of(&e);
+        Answer::Failed(e, kind)
+    })
 }
 
 /// Release one session-level hold: `Ok(false)` if the server says it was not held.

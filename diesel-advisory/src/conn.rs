@@ -2,15 +2,18 @@
 
 use std::time::Duration;
 
-use advisory_common::sql::{Mode, SAVEPOINT_ROLLBACK, Scope};
+use advisory_common::protocol::{Acquire, After, Answer, Finish, Statement, Step};
+use advisory_common::sql::{Mode, Scope};
 use advisory_common::{Key, LockInfo};
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::result::Error as DieselError;
 use diesel::{PgConnection, RunQueryDsl};
 
 use crate::Error;
+use crate::error::kind_of;
 use crate::guard::LockGuard;
 use crate::request::{Failed, How, Request, granted, held_stmt, sync_lock_methods, unlock_stmt};
-use crate::stmt::{LocksRow, decode_locks, locks_stmt};
+use crate::stmt::{BoolStmt, LocksRow, decode_locks, locks_stmt};
 
 /// Session-scope advisory locks for diesel's sync API.
 ///
@@ -239,68 +242,52 @@ pub(crate) fn session_allowed(conn: &mut PgConnection, req: &Request) -> Result<
     Ok(())
 }
 
-/// Send one acquire; `Ok(true)` when granted.
-///
-/// PostgreSQL can report `lock_timeout` (55P03) for a wait that was granted in the same instant:
-/// `LockErrorCleanup` (src/backend/storage/lmgr/proc.c) keeps a lock granted while the timeout
-/// was being processed and the error is raised anyway. A transaction-level lock goes away with
-/// the rolled-back savepoint, a session-level one stays. A waiting acquire only ever waits for a
-/// key this session does not hold in that mode, so after a session-scope timeout `held_sql`
-/// answers exactly "was it granted in that instant": if so, the lock is kept and reported as
-/// acquired; if that check itself fails, [`Failed::maybe_held`] says so.
+/// Run one acquire (see [`Acquire`] for the conversation: the grant-at-timeout check after a
+/// session-scope timeout and the savepoint of a timed transaction-scope attempt are decided
+/// there); `Ok(true)` when granted. A failed post-timeout check is reported in
+/// [`Failed::maybe_held`].
 pub(crate) fn lock(conn: &mut PgConnection, scope: Scope, req: &Request) -> Result<bool, Failed> {
-    let ms = req.millis()?;
-    let result = match (req.how, ms) {
-        // `xact` only calls this inside a transaction block: a savepoint keeps it usable
-        (How::Timeout(_), Some(ms)) if scope == Scope::Transaction => {
-            lock_in_savepoint(conn, scope, req, ms)
-        }
-        _ => req
-            .lock_stmt(scope, ms)
-            .get(conn)
-            .map_err(|e| req.classify(e)),
+    let preq = req.validated()?;
+    let mut acquire = match scope {
+        Scope::Session => Acquire::session(preq),
+        Scope::Transaction => Acquire::xact(preq),
     };
-    let locked = match result {
-        Err(Error::Timeout { key, timeout }) if scope == Scope::Session => {
-            match held(conn, req.key, req.mode) {
-                Ok(true) => {
-                    tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
-                    true
-                }
-                Ok(false) => return Err(Error::Timeout { key, timeout }.into()),
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        maybe_held: true,
-                    });
-                }
-            }
-        }
-        other => other?,
-    };
+    let first = acquire.start();
+    let finish = drive(conn, &mut acquire, first);
+    if finish.kept_at_timeout {
+        tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
+    }
+    if finish.after == After::TransactionAborted {
+        tracing::warn!(key = %req.key, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
+    }
+    let locked = Failed::outcome(finish, &preq)?;
     tracing::debug!(key = %req.key, mode = req.mode.as_str(), ?scope, locked, "advisory lock");
     Ok(locked)
 }
 
-/// A timed attempt inside a transaction block: one simple-protocol batch (savepoint, timed
-/// lock, release); on failure roll back to the savepoint so the caller's transaction survives.
-fn lock_in_savepoint(
+/// Send one statement of the protocol and reduce the reply to an [`Answer`].
+fn send(conn: &mut PgConnection, statement: Statement) -> Answer<DieselError> {
+    let result = match statement {
+        Statement::Prepared(p) => BoolStmt::from(p).get(conn).map(Answer::Row),
+        Statement::Simple(text) => conn.batch_execute(&text).map(|()| Answer::Done),
+    };
+    result.unwrap_or_else(|e| {
+        let kind = kind_of(&e);
+        Answer::Failed(e, kind)
+    })
+}
+
+/// Run an acquire's conversation from its `first` statement to the end.
+fn drive(
     conn: &mut PgConnection,
-    scope: Scope,
-    req: &Request,
-    ms: i32,
-) -> Result<bool, Error> {
-    match conn.batch_execute(&req.savepoint_batch(scope, ms)) {
-        Ok(()) => {
-            tracing::debug!(key = %req.key, ?scope, "advisory lock (in savepoint)");
-            Ok(true)
-        }
-        Err(err) => {
-            if let Err(rollback) = conn.batch_execute(SAVEPOINT_ROLLBACK) {
-                tracing::warn!(key = %req.key, error = %rollback, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
-                return Err(Error::Database(err));
-            }
-            Err(req.classify(err))
+    acquire: &mut Acquire<DieselError>,
+    first: Statement,
+) -> Finish<DieselError> {
+    let mut next = first;
+    loop {
+        match acquire.answer(send(conn, next)) {
+            Step::Send(statement) => next = statement,
+            Step::Finish(finish) => return finish,
         }
     }
 }

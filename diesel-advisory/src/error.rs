@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use advisory_common::protocol::{self, Failure};
 use advisory_common::{
     ErrorKind, Key, TimeoutOutOfRange, classify_sqlstate, sqlstate_from_message,
 };
@@ -148,6 +149,23 @@ fn sqlstate(err: &DieselError) -> Option<&'static str> {
         ) => Some("08006"),
         DieselError::DatabaseError(_, info) => sqlstate_from_message(info.message()),
         _ => None,
+    }
+}
+
+/// What the protocol needs to know of a driver error: its lock-failure kind.
+pub(crate) fn kind_of(err: &DieselError) -> Option<ErrorKind> {
+    sqlstate(err).and_then(classify_sqlstate)
+}
+
+/// The error of a failed request, as the protocol reports it.
+pub(crate) fn from_failure(failure: Failure<DieselError>, req: &protocol::Request) -> Error {
+    match failure {
+        Failure::Timeout => Error::Timeout {
+            key: req.key(),
+            timeout: req.timeout().unwrap_or_default(),
+        },
+        Failure::Statement(err) => classify(err, req.key(), req.timeout()),
+        Failure::Check(err) => classify(err, req.key(), None),
     }
 }
 

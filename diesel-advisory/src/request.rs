@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use advisory_common::Key;
-use advisory_common::sql::{self, Mode, Scope, Wait};
+use advisory_common::protocol::{self, Finish};
+use advisory_common::sql::{Mode, Wait};
 
-use crate::Error;
-use crate::stmt::{BoolStmt, StmtId};
+use crate::error::{Error, from_failure};
+use crate::stmt::BoolStmt;
 
 /// How an acquire waits.
 #[derive(Clone, Copy, Debug)]
@@ -36,59 +37,26 @@ impl Request {
         }
     }
 
-    /// The timeout in `lock_timeout` milliseconds, validated before anything is sent.
-    pub(crate) fn millis(&self) -> Result<Option<i32>, Error> {
-        self.timeout()
-            .map(advisory_common::timeout_millis)
-            .transpose()
-            .map_err(Error::from)
-    }
-
-    /// The prepared lock statement (outside a transaction block, or for non-timed waits).
-    pub(crate) fn lock_stmt(&self, scope: Scope, ms: Option<i32>) -> BoolStmt {
-        let wait = match self.how {
-            How::Block => Wait::Block,
-            How::Try => Wait::Try,
-            How::Timeout(_) => Wait::Timeout,
+    /// The request as the protocol takes it, with the timeout validated (nothing is sent for a
+    /// timeout PostgreSQL cannot express).
+    pub(crate) fn validated(&self) -> Result<protocol::Request, Error> {
+        let (wait, timeout) = match self.how {
+            How::Block => (Wait::Block, None),
+            How::Try => (Wait::Try, None),
+            How::Timeout(d) => (Wait::Timeout, Some(d)),
         };
-        BoolStmt::new(
-            StmtId::lock(scope, self.mode, wait, self.key.space()),
-            self.key,
-            ms,
-        )
-    }
-
-    /// The one-round-trip savepoint batch for a timed attempt inside a transaction block.
-    pub(crate) fn savepoint_batch(&self, scope: Scope, ms: i32) -> String {
-        sql::savepoint_batch(scope, self.mode, self.key, ms)
+        Ok(protocol::Request::new(self.key, self.mode, wait, timeout)?)
     }
 
     /// The one-round-trip "lock, then `BEGIN`" batch that opens a transaction already holding
-    /// this transaction-level lock ([`sql::lock_then_begin`]); the timeout is validated first.
+    /// this transaction-level lock ([`protocol::begin_statement`]); the timeout is validated first.
     #[cfg(any(feature = "sync", feature = "async"))]
     pub(crate) fn lock_then_begin(&self) -> Result<String, Error> {
-        Ok(sql::lock_then_begin(self.mode, self.key, self.millis()?))
+        Ok(protocol::begin_statement(&self.validated()?))
     }
 
     pub(crate) fn classify(&self, err: diesel::result::Error) -> Error {
         crate::error::classify(err, self.key, self.timeout())
-    }
-
-    /// This session-scope acquire as one simple-protocol statement (integers only), for the
-    /// diesel-async path that must know the acquire is on its way once handed to the driver.
-    #[cfg(feature = "async")]
-    pub(crate) fn session_literal(&self) -> Result<String, Error> {
-        let wait = match self.how {
-            How::Block => Wait::Block,
-            How::Try => Wait::Try,
-            How::Timeout(_) => Wait::Timeout,
-        };
-        Ok(sql::session_lock_literal(
-            self.mode,
-            wait,
-            self.key,
-            self.millis()?,
-        ))
     }
 }
 
@@ -103,6 +71,21 @@ pub(crate) struct Failed {
     pub(crate) maybe_held: bool,
 }
 
+impl Failed {
+    /// How a finished conversation ends for the caller: the grant, or the failure with whether the
+    /// session may hold the lock anyway.
+    pub(crate) fn outcome(
+        finish: Finish<diesel::result::Error>,
+        req: &protocol::Request,
+    ) -> Result<bool, Failed> {
+        let maybe_held = finish.after == protocol::After::MaybeHeld;
+        finish.outcome.map_err(|failure| Failed {
+            error: from_failure(failure, req),
+            maybe_held,
+        })
+    }
+}
+
 impl From<Error> for Failed {
     fn from(error: Error) -> Failed {
         Failed {
@@ -112,12 +95,14 @@ impl From<Error> for Failed {
     }
 }
 
+/// The prepared unlock of one hold ([`protocol::release_statement`]).
 pub(crate) fn unlock_stmt(key: Key, mode: Mode) -> BoolStmt {
-    BoolStmt::new(StmtId::unlock(mode, key.space()), key, None)
+    protocol::release_statement(key, mode).into()
 }
 
+/// The prepared `pg_locks` check ([`protocol::held_statement`]).
 pub(crate) fn held_stmt(key: Key, mode: Mode) -> BoolStmt {
-    BoolStmt::new(StmtId::held(mode, key.space()), key, None)
+    protocol::held_statement(key, mode).into()
 }
 
 /// A waiting acquire always yields a guard; `None` only comes from `try_`.

@@ -17,6 +17,7 @@
 
 use std::marker::PhantomData;
 
+use advisory_common::protocol::{Prepared, StatementKind};
 use advisory_common::sql::{self, Mode, Scope, Wait};
 use advisory_common::{Key, KeySpace, KeyValue, LockInfo};
 use diesel::pg::Pg;
@@ -90,6 +91,23 @@ impl StmtId {
 
     pub(crate) fn held(mode: Mode, space: KeySpace) -> StmtId {
         StmtId(HELD_BASE + mode_ix(mode) * 2 + space_ix(space))
+    }
+}
+
+/// A prepared statement of the protocol runs as the [`Stmt`] of its id.
+impl From<Prepared> for BoolStmt {
+    fn from(p: Prepared) -> BoolStmt {
+        let space = p.key.space();
+        let id = match p.kind {
+            StatementKind::Lock(scope, mode, wait) => StmtId::lock(scope, mode, wait, space),
+            StatementKind::Unlock(mode) => StmtId::unlock(mode, space),
+            StatementKind::Held(mode) => StmtId::held(mode, space),
+        };
+        BoolStmt {
+            id,
+            key: p.key,
+            ms: p.ms,
+        }
     }
 }
 
@@ -205,10 +223,6 @@ pub(crate) struct BoolStmt {
 }
 
 impl BoolStmt {
-    pub(crate) fn new(id: StmtId, key: Key, ms: Option<i32>) -> BoolStmt {
-        BoolStmt { id, key, ms }
-    }
-
     /// Run it on a sync connection (one round trip once prepared).
     #[cfg(feature = "sync")]
     pub(crate) fn get(self, conn: &mut diesel::PgConnection) -> QueryResult<bool> {

@@ -64,8 +64,6 @@ mod pool;
 
 mod locker;
 
-mod locker;
-
 pub mod schema;
 
 pub use advisory_common::{
@@ -75,13 +73,11 @@ pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::Error;
 
 pub use begin::BeginXactLockExt;
-pub use session::LockExt;
 pub use guard::LockGuard;
+pub use session::LockExt;
 pub use xact::XactLockExt;
 
 pub use pool::PoolLockGuard;
-
-pub use locker::{Leadership, Lease, Locker, LockerOptions};
 
 pub use locker::{Leadership, Lease, Locker, LockerOptions};
 

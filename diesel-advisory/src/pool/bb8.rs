@@ -131,7 +131,7 @@ async fn acquire_bb8(
     pool: &Pool<AsyncPgConnection>,
     req: Request,
 ) -> Result<Option<Bb8LockGuard>, Error> {
-    req.millis()?;
+    req.validated()?;
     let conn = pool.get_owned().await.map_err(Error::pool)?;
     Ok(acquire(conn, req).await?.map(Bb8LockGuard))
 }

@@ -123,7 +123,7 @@ async fn acquire_deadpool(
     pool: &Pool<AsyncPgConnection>,
     req: Request,
 ) -> Result<Option<DeadpoolLockGuard>, Error> {
-    req.millis()?;
+    req.validated()?;
     let conn = pool.get().await.map_err(Error::pool)?;
     Ok(acquire(conn, req).await?.map(DeadpoolLockGuard))
 }

@@ -105,7 +105,7 @@ fn acquire_r2d2(
     pool: &Pool<ConnectionManager<PgConnection>>,
     req: Request,
 ) -> Result<Option<R2d2LockGuard>, Error> {
-    req.millis()?;
+    req.validated()?;
     let mut conn = pool.get().map_err(Error::pool)?;
     session_allowed(&mut conn, &req)?;
     match lock(&mut conn, Scope::Session, &req) {
