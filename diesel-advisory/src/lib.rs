@@ -102,26 +102,10 @@ mod request;
 mod stmt;
 
 #[cfg(feature = "sync")]
-mod conn;
-#[cfg(feature = "sync")]
-mod guard;
-#[cfg(feature = "sync")]
-mod xact;
-#[cfg(feature = "sync")]
-mod xact_begin;
+mod sync;
 
 #[cfg(feature = "async")]
-mod async_conn;
-#[cfg(feature = "async")]
-mod async_exec;
-#[cfg(feature = "async")]
-mod async_guard;
-#[cfg(feature = "async")]
-mod async_xact;
-#[cfg(feature = "async")]
-mod async_xact_begin;
-#[cfg(feature = "async")]
-mod holds;
+mod r#async;
 
 #[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
 mod pool;
@@ -136,22 +120,13 @@ pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::{Error, PoolError};
 
 #[cfg(feature = "sync")]
-pub use conn::LockExt;
-#[cfg(feature = "sync")]
-pub use guard::LockGuard;
-#[cfg(feature = "sync")]
-pub use xact::XactLockExt;
-#[cfg(feature = "sync")]
-pub use xact_begin::BeginXactLockExt;
+pub use sync::{begin::BeginXactLockExt, guard::LockGuard, session::LockExt, xact::XactLockExt};
 
 #[cfg(feature = "async")]
-pub use async_conn::AsyncLockExt;
-#[cfg(feature = "async")]
-pub use async_guard::AsyncLockGuard;
-#[cfg(feature = "async")]
-pub use async_xact::AsyncXactLockExt;
-#[cfg(feature = "async")]
-pub use async_xact_begin::AsyncBeginXactLockExt;
+pub use r#async::{
+    begin::AsyncBeginXactLockExt, guard::AsyncLockGuard, session::AsyncLockExt,
+    xact::AsyncXactLockExt,
+};
 
 #[cfg(feature = "bb8")]
 pub use pool::bb8::Bb8LockGuard;

@@ -16,7 +16,7 @@ use advisory_common::{Key, migration_keys};
 use diesel::migration::{MigrationSource, MigrationVersion};
 use diesel::pg::Pg;
 
-use crate::Error;
+use crate::error::Error;
 
 #[cfg(feature = "async")]
 mod run_async;
@@ -156,7 +156,7 @@ impl MigrationLock {
         conn: &mut diesel::PgConnection,
         source: S,
     ) -> Result<Vec<MigrationVersion<'static>>, MigrationError> {
-        use crate::LockExt;
+        use crate::sync::session::LockExt;
         use diesel_migrations::MigrationHarness;
 
         let mut guard = match self.timeout {

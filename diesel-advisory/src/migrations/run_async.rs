@@ -8,8 +8,8 @@ use diesel_migrations::MigrationHarness;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::{MigrationError, MigrationLock, owned};
-use crate::Error;
-use crate::async_exec::{lock, session_allowed, unlock};
+use crate::r#async::driver::{lock, session_allowed, unlock};
+use crate::error::Error;
 use crate::request::{How, Request};
 
 impl MigrationLock {

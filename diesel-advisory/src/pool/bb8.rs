@@ -11,9 +11,10 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
 
 use super::checkout::{Checkout, PoolHeld, acquire};
-use crate::async_exec::{locks, mark_broken};
+use crate::r#async::driver::{locks, mark_broken};
+use crate::r#async::session::AsyncLockExt;
+use crate::error::Error;
 use crate::request::{How, Request, async_lock_methods, granted};
-use crate::{AsyncLockExt, Error};
 
 type Bb8Conn = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
 

@@ -9,9 +9,9 @@ use advisory_common::sql::{Mode, Scope};
 use diesel_async::AsyncPgConnection;
 use tokio::runtime::Handle;
 
-use crate::Error;
-use crate::async_exec::{held, lock, session_allowed, unlock};
-use crate::holds::Hold;
+use crate::r#async::driver::{held, lock, session_allowed, unlock};
+use crate::r#async::holds::Hold;
+use crate::error::Error;
 use crate::request::{Failed, Request};
 
 /// An owned, `'static` pool checkout of an `AsyncPgConnection`.

@@ -10,9 +10,10 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 
 use super::checkout::{Checkout, PoolHeld, acquire};
-use crate::async_exec::{locks, mark_broken};
+use crate::r#async::driver::{locks, mark_broken};
+use crate::r#async::session::AsyncLockExt;
+use crate::error::Error;
 use crate::request::{How, Request, async_lock_methods, granted};
-use crate::{AsyncLockExt, Error};
 
 type DeadpoolConn = Object<AsyncPgConnection>;
 

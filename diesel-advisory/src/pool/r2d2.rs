@@ -8,10 +8,11 @@ use advisory_common::{Key, LockInfo};
 use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
-use crate::conn::{lock, locks, mark_broken, session_allowed};
-use crate::guard::Held;
+use crate::error::Error;
 use crate::request::{How, Request, granted, sync_lock_methods};
-use crate::{Error, LockExt};
+use crate::sync::driver::{lock, locks, mark_broken, session_allowed};
+use crate::sync::guard::Held;
+use crate::sync::session::LockExt;
 
 type R2d2Conn = PooledConnection<ConnectionManager<PgConnection>>;
 

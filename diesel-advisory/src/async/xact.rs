@@ -7,8 +7,8 @@ use advisory_common::Key;
 use advisory_common::sql::{Mode, Scope};
 use diesel_async::AsyncPgConnection;
 
-use crate::Error;
-use crate::async_exec::{lock, transaction_depth};
+use super::driver::{lock, transaction_depth};
+use crate::error::Error;
 use crate::request::{How, Request};
 
 /// Transaction-scope advisory locks for diesel-async, for use inside

@@ -9,7 +9,7 @@
 //! *other* live guard of the process holds `(key, mode)` anywhere, none holds it on this
 //! connection either. When one does (on this connection or another, the count cannot tell), the
 //! caller sends its statement so that it is known to be on the wire before anything is armed
-//! (`crate::async_conn`).
+//! (`crate::r#async::session`).
 //!
 //! A guard that is leaked (`mem::forget`) stays counted: callers then take the exact path
 //! needlessly, never the other way round.

@@ -7,10 +7,11 @@ use advisory_common::Key;
 use advisory_common::sql::{self, Mode};
 use diesel_async::AsyncPgConnection;
 
-use crate::Error;
-use crate::async_conn::QueueUnlockOnDrop;
-use crate::async_exec::{batch_then, held, mark_broken, queue, transaction_unsettled, unlock};
-use crate::holds::{self, Hold};
+use super::driver::{
+    QueueUnlockOnDrop, batch_then, held, mark_broken, queue, transaction_unsettled, unlock,
+};
+use super::holds::{self, Hold};
+use crate::error::Error;
 
 /// A session lock held on a borrowed `AsyncPgConnection`, from
 /// [`AsyncLockExt`](crate::AsyncLockExt) on `&mut AsyncPgConnection`.

@@ -9,8 +9,8 @@ use advisory_common::sql::{Mode, ROLLBACK};
 use diesel::result::Error as DieselError;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
-use crate::Error;
-use crate::async_exec::{mark_broken, queue, transaction_depth};
+use super::driver::{mark_broken, queue, transaction_depth};
+use crate::error::Error;
 use crate::request::{How, Request};
 
 /// The closure bound of diesel-async's `AsyncConnection::transaction`, restated: an async

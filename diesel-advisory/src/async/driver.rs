@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use advisory_common::protocol::{Acquire, After, Answer, Statement, Step};
-use advisory_common::sql::{Mode, Scope};
+use advisory_common::sql::{self, Mode, Scope};
 use advisory_common::{Key, LockInfo};
 use diesel::result::Error as DieselError;
 use diesel_async::{
@@ -14,8 +14,7 @@ use diesel_async::{
     TransactionManager,
 };
 
-use crate::Error;
-use crate::error::kind_of;
+use crate::error::{Error, kind_of};
 use crate::request::{Failed, Request, held_stmt, unlock_stmt};
 use crate::stmt::{BoolStmt, LocksRow, decode_locks, locks_stmt};
 
@@ -51,7 +50,7 @@ pub(crate) fn transaction_unsettled(conn: &mut AsyncPgConnection) -> bool {
 
 /// Run one acquire as a prepared statement (a timed transaction-scope one as the savepoint
 /// batch); `Ok(true)` when granted. The conversation is [`Acquire`]'s, as in
-/// `crate::conn::lock`; [`Failed::maybe_held`] reports a post-timeout check that failed.
+/// `crate::sync::driver::lock`; [`Failed::maybe_held`] reports a post-timeout check that failed.
 pub(crate) async fn lock(
     conn: &mut AsyncPgConnection,
     scope: Scope,
@@ -183,5 +182,54 @@ pub(crate) async fn batch_then(
     match first {
         Poll::Ready(result) => result,
         Poll::Pending => fut.await,
+    }
+}
+
+/// The undo of a borrowed-connection acquire or release cut short (see the trait's
+/// `# Cancel safety`): dropped while it still has the connection, it queues the unlock of
+/// `(key, mode)` if `armed` (the acquire may have been sent, the release's unlock has not been),
+/// and marks the connection broken if diesel-async reports a transaction open or interrupted
+/// there (the unlock, queued or in flight, may then fail unseen). Whoever finishes normally takes
+/// `conn` out first.
+pub(crate) struct QueueUnlockOnDrop<'c> {
+    pub(crate) conn: Option<&'c mut AsyncPgConnection>,
+    pub(crate) key: Key,
+    pub(crate) mode: Mode,
+    pub(crate) armed: bool,
+}
+
+impl<'c> QueueUnlockOnDrop<'c> {
+    pub(crate) fn new(conn: &'c mut AsyncPgConnection, key: Key, mode: Mode, armed: bool) -> Self {
+        QueueUnlockOnDrop {
+            conn: Some(conn),
+            key,
+            mode,
+            armed,
+        }
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut AsyncPgConnection {
+        self.conn.as_deref_mut().expect("present until dropped")
+    }
+
+    /// The outcome is known and nothing is left to undo.
+    pub(crate) fn finish(&mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for QueueUnlockOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.armed {
+            tracing::warn!(key = %self.key, "advisory lock call on a borrowed connection cancelled (or of unknown outcome); queueing the matching unlock");
+            queue(conn, &sql::unlock_literal(self.mode, self.key));
+        }
+        if transaction_unsettled(conn) {
+            tracing::warn!(key = %self.key, "advisory unlock cut short while diesel-async reports a transaction open or interrupted; marking the connection broken");
+            mark_broken(conn);
+        }
     }
 }

@@ -6,8 +6,8 @@ use advisory_common::Key;
 use advisory_common::sql::{Mode, Scope};
 use diesel::PgConnection;
 
-use crate::Error;
-use crate::conn::{lock, transaction_depth};
+use super::driver::{lock, transaction_depth};
+use crate::error::Error;
 use crate::request::{How, Request};
 
 /// Transaction-scope advisory locks, for use inside `conn.transaction(|conn| ...)`.

@@ -7,8 +7,8 @@ use advisory_common::Key;
 use advisory_common::sql::Mode;
 use diesel::PgConnection;
 
-use crate::Error;
-use crate::conn::{held, mark_broken, unlock};
+use super::driver::{held, mark_broken, unlock};
+use crate::error::Error;
 
 /// A held session lock on a connection `C` (`&mut PgConnection` or a pooled connection).
 ///

@@ -9,8 +9,8 @@ use diesel::PgConnection;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::result::Error as DieselError;
 
-use crate::Error;
-use crate::conn::transaction_depth;
+use super::driver::transaction_depth;
+use crate::error::Error;
 use crate::request::{How, Request};
 
 /// `conn.transaction(..)` that starts out holding a transaction-level advisory lock, with the
@@ -146,7 +146,7 @@ pub trait BeginXactLockExt {
 }
 
 /// The four methods, forwarding to `run` with the key converted first (the sync twin of
-/// `async_xact_begin`'s `begin_methods!`).
+/// `crate::r#async::begin`'s `begin_methods!`).
 macro_rules! begin_methods {
     ($($name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
         fn $name<T, E, F>(

@@ -4,16 +4,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use advisory_common::protocol::Acquire;
-use advisory_common::sql::{self, Mode, Scope};
+use advisory_common::sql::{Mode, Scope};
 use advisory_common::{Key, LockInfo};
 use diesel_async::AsyncPgConnection;
 
-use crate::Error;
-use crate::async_exec::{
-    lock, locks, mark_broken, queue, run, session_allowed, transaction_unsettled,
-};
-use crate::async_guard::AsyncLockGuard;
-use crate::holds;
+use super::driver::{QueueUnlockOnDrop, lock, locks, run, session_allowed};
+use super::guard::AsyncLockGuard;
+use super::holds;
+use crate::error::Error;
 use crate::request::{Failed, How, Request, async_lock_methods, granted};
 
 /// Session-scope advisory locks for diesel-async.
@@ -244,55 +242,6 @@ impl<'c> AsyncLockExt for &'c mut AsyncPgConnection {
 
     fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send {
         locks(self)
-    }
-}
-
-/// The undo of a borrowed-connection acquire or release cut short (see the trait's
-/// `# Cancel safety`): dropped while it still has the connection, it queues the unlock of
-/// `(key, mode)` if `armed` (the acquire may have been sent, the release's unlock has not been),
-/// and marks the connection broken if diesel-async reports a transaction open or interrupted
-/// there (the unlock, queued or in flight, may then fail unseen). Whoever finishes normally takes
-/// `conn` out first.
-pub(crate) struct QueueUnlockOnDrop<'c> {
-    pub(crate) conn: Option<&'c mut AsyncPgConnection>,
-    pub(crate) key: Key,
-    pub(crate) mode: Mode,
-    pub(crate) armed: bool,
-}
-
-impl<'c> QueueUnlockOnDrop<'c> {
-    pub(crate) fn new(conn: &'c mut AsyncPgConnection, key: Key, mode: Mode, armed: bool) -> Self {
-        QueueUnlockOnDrop {
-            conn: Some(conn),
-            key,
-            mode,
-            armed,
-        }
-    }
-
-    pub(crate) fn conn(&mut self) -> &mut AsyncPgConnection {
-        self.conn.as_deref_mut().expect("present until dropped")
-    }
-
-    /// The outcome is known and nothing is left to undo.
-    pub(crate) fn finish(&mut self) {
-        self.conn = None;
-    }
-}
-
-impl Drop for QueueUnlockOnDrop<'_> {
-    fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else {
-            return;
-        };
-        if self.armed {
-            tracing::warn!(key = %self.key, "advisory lock call on a borrowed connection cancelled (or of unknown outcome); queueing the matching unlock");
-            queue(conn, &sql::unlock_literal(self.mode, self.key));
-        }
-        if transaction_unsettled(conn) {
-            tracing::warn!(key = %self.key, "advisory unlock cut short while diesel-async reports a transaction open or interrupted; marking the connection broken");
-            mark_broken(conn);
-        }
     }
 }
 
