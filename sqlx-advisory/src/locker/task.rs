@@ -158,6 +158,7 @@ impl Task {
                     self.replies.insert(r.id, r.reply);
                     self.keys.insert(r.id, r.key);
                     self.engine.request(r.id, r.key, r.mode, r.attempt);
+                    self.settle(r.key);
                 }
             }
             Cmd::Release(id, ack) => {
@@ -166,7 +167,10 @@ impl Task {
                 self.engine.release(id);
                 if let Some(ack) = ack {
                     match key {
-                        Some(key) => self.acks.entry(key).or_default().push(ack),
+                        Some(key) => {
+                            self.acks.entry(key).or_default().push(ack);
+                            self.settle(key);
+                        }
                         None => {
                             let _ =
                                 ack.send(Err(lost_error("the lease was lost with its session")));
@@ -178,20 +182,17 @@ impl Task {
         self.deliver();
     }
 
-    fn deliver(&mut self) {
-        // releases whose unlock is done, or that needed none (the hold went to another lease)
-        if !self.acks.is_empty() {
-            let engine = &self.engine;
-            self.acks.retain(|key, acks| {
-                if engine.releasing(*key) {
-                    return true;
-                }
-                for ack in acks.drain(..) {
-                    let _ = ack.send(Ok(()));
-                }
-                false
-            });
+    /// Answer the releases of `key` whose unlock is done, or that needed none (the hold went to
+    /// another lease, or a scheduled unlock was taken back).
+    fn settle(&mut self, key: Key) {
+        if self.acks.contains_key(&key) && !self.engine.releasing(key) {
+            for ack in self.acks.remove(&key).unwrap_or_default() {
+                let _ = ack.send(Ok(()));
+            }
         }
+    }
+
+    fn deliver(&mut self) {
         while let Some(ev) = self.engine.poll_event() {
             match ev {
                 Event::Granted(id) => {
@@ -344,19 +345,43 @@ impl Task {
             let s = self.session.as_mut().unwrap();
             tracing::Span::current().record("pid", s.pid);
             let (c, k, a, b) = lsql::encode(&ops);
-            let res = tokio::time::timeout(
-                self.cfg.keepalive_timeout,
-                sqlx::query_scalar::<_, Vec<bool>>(lsql::BATCH)
-                    .bind(&c)
-                    .bind(&k)
-                    .bind(&a)
-                    .bind(&b)
-                    .fetch_one(&mut s.listener),
-            )
+            let res = tokio::time::timeout(self.cfg.keepalive_timeout, async {
+                if let [op] = ops[..] {
+                    // a lone op: the plain one-key statement, cheaper than the array form
+                    let text = if op.acquire {
+                        csql::lock_sql(
+                            csql::Scope::Session,
+                            op.mode,
+                            csql::Wait::Try,
+                            op.key.space(),
+                        )
+                    } else {
+                        csql::unlock_sql(op.mode, op.key.space())
+                    };
+                    let q = sqlx::query_scalar::<_, bool>(text);
+                    let q = match lsql::key_params(op.key) {
+                        (Some(v), _) => q.bind(v),
+                        (None, Some((x, y))) => q.bind(x).bind(y),
+                        (None, None) => unreachable!(),
+                    };
+                    q.fetch_one(&mut s.listener).await.map(|b| vec![b])
+                } else {
+                    sqlx::query_scalar::<_, Vec<bool>>(lsql::BATCH)
+                        .bind(&c)
+                        .bind(&k)
+                        .bind(&a)
+                        .bind(&b)
+                        .fetch_one(&mut s.listener)
+                        .await
+                }
+            })
             .await;
             match res {
                 Ok(Ok(results)) if results.len() == ops.len() => {
                     self.engine.batch_done(&results);
+                    for op in &ops {
+                        self.settle(op.key);
+                    }
                 }
                 Ok(Ok(_)) => self.lost("the batch answered the wrong number of results"),
                 Ok(Err(e)) => {
@@ -380,6 +405,9 @@ impl Task {
                                 Ok(Ok(held)) if held.len() == ops.len() => {
                                     tracing::warn!(error = %err, "advisory locker batch failed");
                                     self.engine.batch_failed(kind, &held);
+                                    for op in &ops {
+                                        self.settle(op.key);
+                                    }
                                 }
                                 _ => self.lost(&err.to_string()),
                             }
