@@ -113,6 +113,9 @@ mod pool;
 #[cfg(feature = "migrations")]
 mod migrations;
 
+#[cfg(feature = "locker")]
+mod locker;
+
 pub use advisory_common::{
     ErrorKind, Key, KeySpace, KeyValue, LABEL_MAX, Labeled, LockInfo, LockMode, TimeoutOutOfRange,
 };
@@ -137,6 +140,9 @@ pub use pool::r2d2::R2d2LockGuard;
 
 #[cfg(feature = "migrations")]
 pub use migrations::{MigrationError, MigrationLock};
+
+#[cfg(feature = "locker")]
+pub use locker::{Leadership, Lease, Locker, LockerOptions};
 
 /// `use diesel_advisory::prelude::*;` brings every extension trait into scope.
 pub mod prelude {

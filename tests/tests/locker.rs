@@ -1,6 +1,8 @@
 //! The lock service (`sqlx_advisory::Locker`) against a real PostgreSQL server: what `pg_locks`
 //! and `pg_stat_activity` say, read on an independent observer session.
 
+#[path = "locker/diesel_locker.rs"]
+mod diesel_locker;
 #[path = "locker/load.rs"]
 mod load;
 #[path = "locker/model.rs"]

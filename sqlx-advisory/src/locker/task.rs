@@ -97,6 +97,8 @@ pub(super) async fn run(
         let session = t.session.as_mut();
         let has_session = session.is_some();
         tokio::select! {
+            // commands first: a ready command returns before the session socket is even polled
+            biased;
             cmd = rx.recv(), if open => match cmd {
                 Some(cmd) => t.handle(cmd),
                 None => open = false,
@@ -555,7 +557,8 @@ async fn wait_free(
             _ => WaitOutcome::Failed(ErrorKind::ConnectionLost),
         },
     };
-    if !matches!(outcome, WaitOutcome::Failed(_)) {
+    // a cancelled waiter is not reused: a late duplicate cancel could hit its next wait
+    if outcome == WaitOutcome::Free {
         let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < 4 {
             idle.push((conn, pid));

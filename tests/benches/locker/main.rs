@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use advisory_common::Key;
+use advisory_common::LockMode;
+use advisory_common::locker::{Op, sql as lsql};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use sqlx_advisory::prelude::*;
@@ -98,6 +100,18 @@ fn main() {
             "release"
         }
     );
+    // `-- --only throughput` (or lone): just that section
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    if let Some(only) = only {
+        rt.block_on(async {
+            match only.as_str() {
+                "throughput" => throughput(&url, &o).await,
+                "lone" => lone(&url, &o).await,
+                other => panic!("unknown section {other}"),
+            }
+        });
+        return;
+    }
     rt.block_on(async {
         throughput(&url, &o).await;
         lone(&url, &o).await;
@@ -228,7 +242,38 @@ async fn throughput(url: &str, o: &Opts) {
             }
         }
     }
+    // the floor: the same keys as one try-lock statement and one unlock statement, no tasks
+    let mut conn = PgConnection::connect_with(&url.parse::<PgConnectOptions>().unwrap())
+        .await
+        .unwrap();
+    let mut f_rate = Vec::new();
+    for _ in 0..o.reps {
+        let ks = keys(o.tasks);
+        let t0 = Instant::now();
+        for acquire in [true, false] {
+            let ops: Vec<Op> = ks
+                .iter()
+                .map(|k| Op {
+                    acquire,
+                    key: *k,
+                    mode: LockMode::Exclusive,
+                })
+                .collect();
+            let (c, k, a, b) = lsql::encode(&ops);
+            let r: Vec<bool> = sqlx::query_scalar(lsql::BATCH)
+                .bind(&c)
+                .bind(&k)
+                .bind(&a)
+                .bind(&b)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert!(r.iter().all(|b| *b));
+        }
+        f_rate.push(o.tasks as f64 / t0.elapsed().as_secs_f64());
+    }
     let (l, g) = (pct(&mut l_rate, 0.5), pct(&mut g_rate, 0.5));
+    let f = pct(&mut f_rate, 0.5);
     println!();
     println!(
         "## {} tasks, each acquire + release of a distinct key, all at once ({} reps, median)",
@@ -244,6 +289,11 @@ async fn throughput(url: &str, o: &Opts) {
     println!(
         "| PgPool guards (10 connections) | {g:.0} | {:.0} | 1.0x |",
         pct(&mut g_trips, 0.5)
+    );
+    println!(
+        "| floor: one try-lock statement over the {} keys + one unlock statement (no tasks, no proxy) | {f:.0} | 2 | {:.1}x |",
+        o.tasks,
+        f / g
     );
 }
 

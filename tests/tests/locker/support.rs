@@ -99,3 +99,14 @@ pub async fn holder_pid(key: Key) -> i32 {
     .await;
     rows.iter().find(|l| l.granted).unwrap().pid
 }
+
+/// The diesel-async locker, with `application_name = app`.
+pub fn dlocker(app: &str) -> diesel_advisory::Locker {
+    dlocker_with(app, diesel_advisory::LockerOptions::default())
+}
+
+pub fn dlocker_with(app: &str, options: diesel_advisory::LockerOptions) -> diesel_advisory::Locker {
+    let mut config: tokio_postgres::Config = advisory_tests::db().url().parse().unwrap();
+    config.application_name(app);
+    diesel_advisory::Locker::with_config(config, options)
+}
