@@ -99,6 +99,7 @@ pub mod schema;
 
 mod error;
 mod request;
+mod sealed;
 mod stmt;
 
 #[cfg(feature = "sync")]
@@ -123,12 +124,15 @@ pub use advisory_common::{Namespace, ParsePresetError, Preset, migration_keys};
 pub use error::{Error, PoolError};
 
 #[cfg(feature = "sync")]
-pub use sync::{begin::BeginXactLockExt, guard::LockGuard, session::LockExt, xact::XactLockExt};
+pub use sync::{
+    begin::BeginXactLockExt, guard::LockGuard, inspect::AdvisoryLocksExt, session::LockExt,
+    xact::XactLockExt,
+};
 
 #[cfg(feature = "async")]
 pub use r#async::{
-    begin::AsyncBeginXactLockExt, guard::AsyncLockGuard, session::AsyncLockExt,
-    xact::AsyncXactLockExt,
+    begin::AsyncBeginXactLockExt, guard::AsyncLockGuard, inspect::AsyncAdvisoryLocksExt,
+    session::AsyncLockExt, xact::AsyncXactLockExt,
 };
 
 #[cfg(feature = "bb8")]
@@ -146,8 +150,8 @@ pub use locker::{Leadership, Lease, Locker, LockerOptions};
 
 /// `use diesel_advisory::prelude::*;` brings every extension trait into scope.
 pub mod prelude {
-    #[cfg(feature = "async")]
-    pub use crate::{AsyncBeginXactLockExt, AsyncLockExt, AsyncXactLockExt};
     #[cfg(feature = "sync")]
-    pub use crate::{BeginXactLockExt, LockExt, XactLockExt};
+    pub use crate::{AdvisoryLocksExt, BeginXactLockExt, LockExt, XactLockExt};
+    #[cfg(feature = "async")]
+    pub use crate::{AsyncAdvisoryLocksExt, AsyncBeginXactLockExt, AsyncLockExt, AsyncXactLockExt};
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 
 use advisory_common::protocol;
-use advisory_common::{Key, LockMode as Mode};
+use advisory_common::{Key, LockMode};
 use sqlx::PgConnection;
 
 use crate::driver;
@@ -40,7 +40,7 @@ use crate::error::{Error, classify};
 pub struct LockGuard<'c> {
     conn: &'c mut PgConnection,
     key: Key,
-    mode: Mode,
+    mode: LockMode,
     state: State,
 }
 
@@ -53,7 +53,7 @@ enum State {
 }
 
 impl<'c> LockGuard<'c> {
-    pub(crate) fn new(conn: &'c mut PgConnection, key: Key, mode: Mode) -> Self {
+    pub(crate) fn new(conn: &'c mut PgConnection, key: Key, mode: LockMode) -> Self {
         tracing::debug!(%key, mode = mode.as_str(), "advisory lock acquired");
         LockGuard {
             conn,
@@ -68,9 +68,14 @@ impl<'c> LockGuard<'c> {
         self.key
     }
 
+    /// Exclusive or shared.
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
     /// `true` for a shared lock, `false` for an exclusive one.
     pub fn is_shared(&self) -> bool {
-        self.mode == Mode::Shared
+        self.mode == LockMode::Shared
     }
 
     /// Release the lock now and wait for the server to confirm it.

@@ -57,6 +57,7 @@ mod error;
 
 mod begin;
 mod guard;
+mod inspect;
 mod session;
 mod xact;
 
@@ -74,6 +75,7 @@ pub use error::Error;
 
 pub use begin::BeginXactLockExt;
 pub use guard::LockGuard;
+pub use inspect::AdvisoryLocksExt;
 pub use session::LockExt;
 pub use xact::XactLockExt;
 
@@ -83,5 +85,5 @@ pub use locker::{Leadership, Lease, Locker, LockerOptions};
 
 /// `use sqlx_advisory::prelude::*;` brings every extension trait into scope.
 pub mod prelude {
-    pub use crate::{BeginXactLockExt, LockExt, XactLockExt};
+    pub use crate::{AdvisoryLocksExt, BeginXactLockExt, LockExt, XactLockExt};
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use advisory_common::protocol::{self, Acquire, Request};
 use advisory_common::sql::{Mode, Wait};
-use advisory_common::{Key, LockInfo};
+use advisory_common::{Key, LockMode};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
@@ -55,6 +55,11 @@ impl PoolLockGuard {
     /// The key this guard holds.
     pub fn key(&self) -> Key {
         self.key
+    }
+
+    /// Exclusive or shared.
+    pub fn mode(&self) -> LockMode {
+        self.mode
     }
 
     /// `true` for a shared lock, `false` for an exclusive one.
@@ -178,9 +183,4 @@ impl LockExt for &PgPool {
     type Guard = PoolLockGuard;
 
     lock_methods!(acquire, PoolLockGuard);
-
-    async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
-        let mut conn = self.acquire().await.map_err(Error::Pool)?;
-        driver::advisory_locks(&mut conn).await
-    }
 }

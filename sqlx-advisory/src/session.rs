@@ -3,9 +3,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use advisory_common::Key;
 use advisory_common::protocol::{self, Acquire, After, Request, Statement};
 use advisory_common::sql::{self, Mode, Wait};
-use advisory_common::{Key, LockInfo};
 use sqlx::{Connection, PgConnection};
 
 use crate::driver::{self, Acquiring};
@@ -181,19 +181,6 @@ pub trait LockExt: Sized + sealed::Sealed {
         key: impl Into<Key>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
-
-    /// Every advisory lock in the current database, held or awaited, by any session, with who
-    /// holds it (`pg_locks` + `pg_stat_activity`, see [`LockInfo`]). For debugging a stuck lock.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::{Key, LockExt};
-    /// let g = pool.advisory_lock((3, 14)).await?;
-    /// assert!(pool.advisory_locks().await?.iter().any(|l| l.key == Key::Pair(3, 14) && l.granted));
-    /// # drop(g); Ok(()) }
-    /// ```
-    fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send;
 }
 
 /// Run a session-scope acquire on `conn` from its `first` statement (see
@@ -362,8 +349,4 @@ impl<'c> LockExt for &'c mut PgConnection {
     type Guard = LockGuard<'c>;
 
     lock_methods!(acquire, LockGuard<'c>);
-
-    fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send {
-        driver::advisory_locks(self)
-    }
 }

@@ -107,7 +107,7 @@ where
 /// set (`AnsiTransactionManager::critical_transaction_block`), an interrupted closure leaves the
 /// transaction depth raised. Nothing ends the server-side transaction, which stays open, holding
 /// its locks, on a bare connection, and on a deadpool connection until its next recycle.
-pub trait AsyncBeginXactLockExt {
+pub trait AsyncBeginXactLockExt: crate::sealed::Sealed {
     /// Run `f` in a transaction that holds `key` exclusively from its start, waiting as long as
     /// it takes for the lock; COMMIT on `Ok`, ROLLBACK on `Err`.
     ///

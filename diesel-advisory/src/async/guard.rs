@@ -3,8 +3,8 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
-use advisory_common::Key;
 use advisory_common::sql::{self, Mode};
+use advisory_common::{Key, LockMode};
 use diesel_async::AsyncPgConnection;
 
 use super::driver::{
@@ -67,6 +67,11 @@ impl<'c> AsyncLockGuard<'c> {
     /// The locked key.
     pub fn key(&self) -> Key {
         self.key
+    }
+
+    /// Exclusive or shared.
+    pub fn mode(&self) -> LockMode {
+        self.mode
     }
 
     /// `true` for a shared lock, `false` for an exclusive one.

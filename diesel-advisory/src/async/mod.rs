@@ -7,5 +7,6 @@ pub(crate) mod driver;
 pub(crate) mod begin;
 pub(crate) mod guard;
 pub(crate) mod holds;
+pub(crate) mod inspect;
 pub(crate) mod session;
 pub(crate) mod xact;

@@ -3,12 +3,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use advisory_common::Key;
 use advisory_common::protocol::Acquire;
 use advisory_common::sql::{Mode, Scope};
-use advisory_common::{Key, LockInfo};
 use diesel_async::AsyncPgConnection;
 
-use super::driver::{QueueUnlockOnDrop, lock, locks, run, session_allowed};
+use super::driver::{QueueUnlockOnDrop, lock, run, session_allowed};
 use super::guard::AsyncLockGuard;
 use super::holds;
 use crate::error::Error;
@@ -69,7 +69,7 @@ use crate::request::{Failed, How, Request, async_lock_methods, granted};
 /// # Ok(())
 /// # }
 /// ```
-pub trait AsyncLockExt: Sized {
+pub trait AsyncLockExt: Sized + crate::sealed::Sealed {
     /// The guard that holds the lock.
     type Guard;
 
@@ -217,32 +217,12 @@ pub trait AsyncLockExt: Sized {
         key: impl Into<Key>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
-
-    /// Every advisory lock in the current database (held or awaited, by any session).
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// let mut guard = conn.advisory_lock(-78_i64).await?;
-    /// let key = guard.key();
-    /// assert!(guard.advisory_locks().await?.iter().any(|l| l.key == key));
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send;
 }
 
 impl<'c> AsyncLockExt for &'c mut AsyncPgConnection {
     type Guard = AsyncLockGuard<'c>;
 
     async_lock_methods!(acquire_borrowed);
-
-    fn advisory_locks(self) -> impl Future<Output = Result<Vec<LockInfo>, Error>> + Send {
-        locks(self)
-    }
 }
 
 async fn acquire_borrowed(

@@ -43,7 +43,7 @@ use crate::request::{How, Request};
 /// transaction and is released when it ends; a waiting `xact_lock` keeps the connection busy until
 /// granted. Dropping a diesel-async `transaction(..)` future leaves its transaction open, which
 /// makes pools discard the connection (closing the session ends the transaction).
-pub trait AsyncXactLockExt {
+pub trait AsyncXactLockExt: crate::sealed::Sealed {
     /// Take `key` exclusively until the transaction ends, waiting as long as it takes.
     ///
     /// ```

@@ -5,13 +5,14 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use advisory_common::sql::Mode;
-use advisory_common::{Key, LockInfo};
+use advisory_common::{Key, LockInfo, LockMode};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
 
 use super::checkout::{Checkout, PoolHeld, acquire};
 use crate::r#async::driver::{locks, mark_broken};
+use crate::r#async::inspect::AsyncAdvisoryLocksExt;
 use crate::r#async::session::AsyncLockExt;
 use crate::error::Error;
 use crate::request::{How, Request, async_lock_methods, granted};
@@ -82,6 +83,11 @@ impl Bb8LockGuard {
         self.0.key()
     }
 
+    /// Exclusive or shared.
+    pub fn mode(&self) -> LockMode {
+        self.0.mode()
+    }
+
     /// `true` for a shared lock, `false` for an exclusive one.
     pub fn is_shared(&self) -> bool {
         self.0.is_shared()
@@ -117,15 +123,17 @@ impl DerefMut for Bb8LockGuard {
     }
 }
 
-impl AsyncLockExt for &Pool<AsyncPgConnection> {
-    type Guard = Bb8LockGuard;
-
-    async_lock_methods!(acquire_bb8);
-
+impl AsyncAdvisoryLocksExt for &Pool<AsyncPgConnection> {
     async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
         let mut conn = self.get().await.map_err(Error::pool)?;
         locks(&mut conn).await
     }
+}
+
+impl AsyncLockExt for &Pool<AsyncPgConnection> {
+    type Guard = Bb8LockGuard;
+
+    async_lock_methods!(acquire_bb8);
 }
 
 async fn acquire_bb8(

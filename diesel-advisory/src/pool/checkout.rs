@@ -110,6 +110,10 @@ impl<C: Checkout> PoolHeld<C> {
         self.key
     }
 
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
     pub(crate) fn is_shared(&self) -> bool {
         self.mode == Mode::Shared
     }

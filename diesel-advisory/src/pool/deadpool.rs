@@ -5,12 +5,13 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use advisory_common::sql::Mode;
-use advisory_common::{Key, LockInfo};
+use advisory_common::{Key, LockInfo, LockMode};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 
 use super::checkout::{Checkout, PoolHeld, acquire};
 use crate::r#async::driver::{locks, mark_broken};
+use crate::r#async::inspect::AsyncAdvisoryLocksExt;
 use crate::r#async::session::AsyncLockExt;
 use crate::error::Error;
 use crate::request::{How, Request, async_lock_methods, granted};
@@ -74,6 +75,11 @@ impl DeadpoolLockGuard {
         self.0.key()
     }
 
+    /// Exclusive or shared.
+    pub fn mode(&self) -> LockMode {
+        self.0.mode()
+    }
+
     /// `true` for a shared lock, `false` for an exclusive one.
     pub fn is_shared(&self) -> bool {
         self.0.is_shared()
@@ -109,15 +115,17 @@ impl DerefMut for DeadpoolLockGuard {
     }
 }
 
-impl AsyncLockExt for &Pool<AsyncPgConnection> {
-    type Guard = DeadpoolLockGuard;
-
-    async_lock_methods!(acquire_deadpool);
-
+impl AsyncAdvisoryLocksExt for &Pool<AsyncPgConnection> {
     async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
         let mut conn = self.get().await.map_err(Error::pool)?;
         locks(&mut conn).await
     }
+}
+
+impl AsyncLockExt for &Pool<AsyncPgConnection> {
+    type Guard = DeadpoolLockGuard;
+
+    async_lock_methods!(acquire_deadpool);
 }
 
 async fn acquire_deadpool(

@@ -4,7 +4,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use advisory_common::sql::{Mode, Scope};
-use advisory_common::{Key, LockInfo};
+use advisory_common::{Key, LockInfo, LockMode};
 use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::request::{How, Request, granted, sync_lock_methods};
 use crate::sync::driver::{lock, locks, mark_broken, session_allowed};
 use crate::sync::guard::Held;
+use crate::sync::inspect::AdvisoryLocksExt;
 use crate::sync::session::LockExt;
 
 type R2d2Conn = PooledConnection<ConnectionManager<PgConnection>>;
@@ -56,6 +57,11 @@ impl R2d2LockGuard {
         self.0.key()
     }
 
+    /// Exclusive or shared.
+    pub fn mode(&self) -> LockMode {
+        self.0.mode()
+    }
+
     /// `true` for a shared lock, `false` for an exclusive one.
     pub fn is_shared(&self) -> bool {
         self.0.is_shared()
@@ -87,15 +93,17 @@ impl DerefMut for R2d2LockGuard {
     }
 }
 
-impl LockExt for &Pool<ConnectionManager<PgConnection>> {
-    type Guard = R2d2LockGuard;
-
-    sync_lock_methods!(acquire_r2d2);
-
+impl AdvisoryLocksExt for &Pool<ConnectionManager<PgConnection>> {
     fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
         let mut conn = self.get().map_err(Error::pool)?;
         locks(&mut conn)
     }
+}
+
+impl LockExt for &Pool<ConnectionManager<PgConnection>> {
+    type Guard = R2d2LockGuard;
+
+    sync_lock_methods!(acquire_r2d2);
 }
 
 /// Check out, then lock. A connection whose acquire failed goes back to the pool (a failed or

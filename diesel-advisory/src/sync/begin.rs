@@ -53,7 +53,7 @@ use crate::request::{How, Request};
 /// `transaction` (diesel does not catch panics); the lock is released when that transaction is
 /// rolled back or the connection is closed (r2d2 discards a connection returned during a panic,
 /// or with a transaction open).
-pub trait BeginXactLockExt {
+pub trait BeginXactLockExt: crate::sealed::Sealed {
     /// Run `f` in a transaction that holds `key` exclusively from its start, waiting as long as
     /// it takes for the lock; COMMIT on `Ok`, ROLLBACK on `Err`.
     ///

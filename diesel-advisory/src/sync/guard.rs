@@ -3,8 +3,8 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
-use advisory_common::Key;
 use advisory_common::sql::Mode;
+use advisory_common::{Key, LockMode};
 use diesel::PgConnection;
 
 use super::driver::{held, mark_broken, unlock};
@@ -30,6 +30,10 @@ impl<C: DerefMut<Target = PgConnection>> Held<C> {
 
     pub(crate) fn key(&self) -> Key {
         self.key
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
     }
 
     pub(crate) fn is_shared(&self) -> bool {
@@ -133,6 +137,11 @@ impl<'c> LockGuard<'c> {
     /// The locked key.
     pub fn key(&self) -> Key {
         self.0.key()
+    }
+
+    /// Exclusive or shared.
+    pub fn mode(&self) -> LockMode {
+        self.0.mode()
     }
 
     /// `true` for a shared lock, `false` for an exclusive one.

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use advisory_common::Key;
 use advisory_common::sql::{Mode, Scope};
-use advisory_common::{Key, LockInfo};
 use diesel::PgConnection;
 
-use super::driver::{lock, locks, mark_broken, session_allowed, unlock};
+use super::driver::{lock, mark_broken, session_allowed, unlock};
 use super::guard::LockGuard;
 use crate::error::Error;
 use crate::request::{Failed, How, Request, granted, sync_lock_methods};
@@ -55,7 +55,7 @@ use crate::request::{Failed, How, Request, granted, sync_lock_methods};
 /// }
 /// # Ok::<(), diesel_advisory::Error>(())
 /// ```
-pub trait LockExt: Sized {
+pub trait LockExt: Sized + crate::sealed::Sealed {
     /// The guard that holds the lock.
     type Guard;
 
@@ -174,30 +174,12 @@ pub trait LockExt: Sized {
         key: impl Into<Key>,
         timeout: Duration,
     ) -> Result<Self::Guard, Error>;
-
-    /// Every advisory lock in the current database (held or awaited, by any session), decoded
-    /// into [`LockInfo`]: the first thing to look at when a lock is stuck.
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// let mut guard = conn.advisory_lock(-77_i64)?;
-    /// let key = guard.key();
-    /// assert!(guard.advisory_locks()?.iter().any(|l| l.key == key && l.granted));
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn advisory_locks(self) -> Result<Vec<LockInfo>, Error>;
 }
 
 impl<'c> LockExt for &'c mut PgConnection {
     type Guard = LockGuard<'c>;
 
     sync_lock_methods!(acquire_borrowed);
-
-    fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
-        locks(self)
-    }
 }
 
 fn acquire_borrowed(conn: &mut PgConnection, req: Request) -> Result<Option<LockGuard<'_>>, Error> {

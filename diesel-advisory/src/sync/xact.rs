@@ -47,7 +47,7 @@ use crate::request::{How, Request};
 /// Sync: nothing to cancel. A panic in the closure leaves diesel's transaction open (diesel does
 /// not catch panics); the lock is released when that transaction is rolled back or the connection
 /// is closed (r2d2 discards a connection returned during a panic).
-pub trait XactLockExt {
+pub trait XactLockExt: crate::sealed::Sealed {
     /// Take `key` exclusively until the transaction ends, waiting as long as it takes.
     ///
     /// ```
