@@ -3,6 +3,8 @@
 
 #[path = "locker/diesel_locker.rs"]
 mod diesel_locker;
+#[path = "locker/failover.rs"]
+mod failover;
 #[path = "locker/load.rs"]
 mod load;
 #[path = "locker/model.rs"]
