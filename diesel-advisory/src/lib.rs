@@ -137,6 +137,8 @@ pub use r#async::{
 
 #[cfg(feature = "bb8")]
 pub use pool::bb8::Bb8LockGuard;
+#[cfg(any(feature = "bb8", feature = "deadpool"))]
+pub use pool::checkout::AsyncPoolLockGuard;
 #[cfg(feature = "deadpool")]
 pub use pool::deadpool::DeadpoolLockGuard;
 #[cfg(feature = "r2d2")]

@@ -1,16 +1,15 @@
 //! The bb8 pool guard: [`Bb8LockGuard`].
 
 use std::future::Future;
-use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use advisory_common::sql::Mode;
-use advisory_common::{Key, LockInfo, LockMode};
+use advisory_common::{Key, LockInfo};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
 
-use super::checkout::{Checkout, PoolHeld, acquire};
+use super::checkout::{AsyncPoolLockGuard, Checkout, acquire};
 use crate::r#async::driver::{locks, mark_broken};
 use crate::r#async::inspect::AsyncAdvisoryLocksExt;
 use crate::r#async::session::AsyncLockExt;
@@ -73,55 +72,7 @@ impl Checkout for Bb8Conn {
 /// # Ok(())
 /// # }
 /// ```
-#[must_use = "the lock is released when the guard is dropped"]
-#[derive(Debug)]
-pub struct Bb8LockGuard(PoolHeld<Bb8Conn>);
-
-impl Bb8LockGuard {
-    /// The locked key.
-    pub fn key(&self) -> Key {
-        self.0.key()
-    }
-
-    /// Exclusive or shared.
-    pub fn mode(&self) -> LockMode {
-        self.0.mode()
-    }
-
-    /// `true` for a shared lock, `false` for an exclusive one.
-    pub fn is_shared(&self) -> bool {
-        self.0.is_shared()
-    }
-
-    /// Does the session still hold the lock? Asks `pg_locks`.
-    pub async fn is_held(&mut self) -> Result<bool, Error> {
-        self.0.is_held().await
-    }
-
-    /// Unlock, report the server's answer ([`Error::NotHeld`]), and return the connection to the
-    /// pool (discarded instead if the unlock did not succeed).
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropped half-way, the connection is discarded: its session ends and the lock with it.
-    pub async fn release(self) -> Result<(), Error> {
-        self.0.release().await
-    }
-}
-
-impl Deref for Bb8LockGuard {
-    type Target = AsyncPgConnection;
-
-    fn deref(&self) -> &AsyncPgConnection {
-        self.0.conn()
-    }
-}
-
-impl DerefMut for Bb8LockGuard {
-    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
-        self.0.conn_mut()
-    }
-}
+pub type Bb8LockGuard = AsyncPoolLockGuard<Bb8Conn>;
 
 impl AsyncAdvisoryLocksExt for &Pool<AsyncPgConnection> {
     async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
@@ -142,7 +93,7 @@ async fn acquire_bb8(
 ) -> Result<Option<Bb8LockGuard>, Error> {
     req.validated()?;
     let conn = pool.get_owned().await.map_err(Error::pool)?;
-    Ok(acquire(conn, req).await?.map(Bb8LockGuard))
+    acquire(conn, req).await
 }
 
 const _: () = {

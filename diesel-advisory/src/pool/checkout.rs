@@ -2,7 +2,7 @@
 //! discarded, never returned holding a lock.
 
 use std::fmt;
-use std::ops::DerefMut;
+use std::ops::{Deref, DerefMut};
 
 use advisory_common::Key;
 use advisory_common::sql::{Mode, Scope};
@@ -14,10 +14,9 @@ use crate::r#async::holds::Hold;
 use crate::error::Error;
 use crate::request::{Failed, Request};
 
-/// An owned, `'static` pool checkout of an `AsyncPgConnection`.
-pub(crate) trait Checkout:
-    DerefMut<Target = AsyncPgConnection> + Send + Sized + 'static
-{
+/// An owned, `'static` pool checkout of an `AsyncPgConnection`: bb8's `PooledConnection` or
+/// deadpool's `Object`. Implemented by this crate only (its module is private).
+pub trait Checkout: DerefMut<Target = AsyncPgConnection> + Send + Sized + 'static {
     /// Close the connection instead of returning it to the pool (its session, and every lock it
     /// holds, ends with it). Must not need a runtime.
     fn discard(self);
@@ -67,7 +66,7 @@ impl<C: Checkout> Drop for DiscardOnDrop<C> {
 pub(crate) async fn acquire<C: Checkout>(
     mut conn: C,
     req: Request,
-) -> Result<Option<PoolHeld<C>>, Error> {
+) -> Result<Option<AsyncPoolLockGuard<C>>, Error> {
     session_allowed(&mut conn, &req)?;
     let handle = Handle::try_current().ok();
     let cancel = handle.clone().map(|h| (h, conn.cancel_token()));
@@ -86,7 +85,7 @@ pub(crate) async fn acquire<C: Checkout>(
         result => result.map_err(|f| f.error),
     };
     let conn = armed.disarm();
-    Ok(locked?.then(|| PoolHeld {
+    Ok(locked?.then(|| AsyncPoolLockGuard {
         conn: Some(conn),
         key: req.key,
         mode: req.mode,
@@ -95,8 +94,29 @@ pub(crate) async fn acquire<C: Checkout>(
     }))
 }
 
-/// A held session lock on an owned checkout.
-pub(crate) struct PoolHeld<C: Checkout> {
+/// A session lock held on a connection checked out of a diesel-async pool, from [`AsyncLockExt`]
+/// on `&bb8::Pool<AsyncPgConnection>` ([`Bb8LockGuard`]) or `&deadpool::Pool<AsyncPgConnection>`
+/// ([`DeadpoolLockGuard`]): one guard for both pools, which differ only in how a checkout is
+/// taken and discarded.
+///
+/// The guard owns the checkout (`'static`, `Send`: keep it for a whole workflow, across `.await`s
+/// and into `tokio::spawn`) and derefs to the connection.
+///
+/// # Release
+///
+/// * [`release`](Self::release) unlocks and returns the connection to the pool.
+/// * **Drop** spawns a task (on the runtime it is dropped on, else the one the lock was taken
+///   on) that unlocks and then returns the connection. The checkout is armed before it is handed
+///   to that task: if the unlock fails or answers "not held", or the task is dropped unfinished or
+///   never runs at all (that runtime has shut down), the connection is discarded instead of
+///   reused, and closing the session releases the lock. Outside any runtime (and with the lock's
+///   runtime gone) the connection is discarded at once. Each pool's guard says how it discards.
+///
+/// [`AsyncLockExt`]: crate::AsyncLockExt
+/// [`Bb8LockGuard`]: crate::Bb8LockGuard
+/// [`DeadpoolLockGuard`]: crate::DeadpoolLockGuard
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct AsyncPoolLockGuard<C: Checkout> {
     conn: Option<C>,
     key: Key,
     mode: Mode,
@@ -105,35 +125,41 @@ pub(crate) struct PoolHeld<C: Checkout> {
     _hold: Hold,
 }
 
-impl<C: Checkout> PoolHeld<C> {
-    pub(crate) fn key(&self) -> Key {
+impl<C: Checkout> AsyncPoolLockGuard<C> {
+    /// The locked key.
+    pub fn key(&self) -> Key {
         self.key
     }
 
-    pub(crate) fn mode(&self) -> Mode {
+    /// Exclusive or shared.
+    pub fn mode(&self) -> Mode {
         self.mode
     }
 
-    pub(crate) fn is_shared(&self) -> bool {
+    /// `true` for a shared lock, `false` for an exclusive one.
+    pub fn is_shared(&self) -> bool {
         self.mode == Mode::Shared
     }
 
-    pub(crate) fn conn(&self) -> &AsyncPgConnection {
-        self.conn.as_deref().expect("present until release/drop")
-    }
-
-    pub(crate) fn conn_mut(&mut self) -> &mut AsyncPgConnection {
+    fn conn_mut(&mut self) -> &mut AsyncPgConnection {
         self.conn
             .as_deref_mut()
             .expect("present until release/drop")
     }
 
-    pub(crate) async fn is_held(&mut self) -> Result<bool, Error> {
+    /// Does the session still hold the lock? Asks `pg_locks`.
+    pub async fn is_held(&mut self) -> Result<bool, Error> {
         let (key, mode) = (self.key, self.mode);
         held(self.conn_mut(), key, mode).await
     }
 
-    pub(crate) async fn release(mut self) -> Result<(), Error> {
+    /// Unlock, report the server's answer ([`Error::NotHeld`]), and return the connection to the
+    /// pool (discarded instead if the unlock did not succeed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped half-way, the connection is discarded: its session ends and the lock with it.
+    pub async fn release(mut self) -> Result<(), Error> {
         let conn = self.conn.take().expect("present until release/drop");
         let armed = DiscardOnDrop {
             conn: Some(conn),
@@ -141,6 +167,20 @@ impl<C: Checkout> PoolHeld<C> {
             key: self.key,
         };
         release(armed, self.mode).await
+    }
+}
+
+impl<C: Checkout> Deref for AsyncPoolLockGuard<C> {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        self.conn.as_deref().expect("present until release/drop")
+    }
+}
+
+impl<C: Checkout> DerefMut for AsyncPoolLockGuard<C> {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.conn_mut()
     }
 }
 
@@ -159,7 +199,7 @@ async fn release<C: Checkout>(mut armed: DiscardOnDrop<C>, mode: Mode) -> Result
     }
 }
 
-impl<C: Checkout> Drop for PoolHeld<C> {
+impl<C: Checkout> Drop for AsyncPoolLockGuard<C> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else {
             return;
@@ -192,9 +232,9 @@ impl<C: Checkout> Drop for PoolHeld<C> {
     }
 }
 
-impl<C: Checkout> fmt::Debug for PoolHeld<C> {
+impl<C: Checkout> fmt::Debug for AsyncPoolLockGuard<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolHeld")
+        f.debug_struct("AsyncPoolLockGuard")
             .field("key", &self.key)
             .field("mode", &self.mode)
             .finish_non_exhaustive()

@@ -1,15 +1,14 @@
 //! The deadpool pool guard: [`DeadpoolLockGuard`].
 
 use std::future::Future;
-use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use advisory_common::sql::Mode;
-use advisory_common::{Key, LockInfo, LockMode};
+use advisory_common::{Key, LockInfo};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 
-use super::checkout::{Checkout, PoolHeld, acquire};
+use super::checkout::{AsyncPoolLockGuard, Checkout, acquire};
 use crate::r#async::driver::{locks, mark_broken};
 use crate::r#async::inspect::AsyncAdvisoryLocksExt;
 use crate::r#async::session::AsyncLockExt;
@@ -65,55 +64,7 @@ impl Checkout for DeadpoolConn {
 /// # Ok(())
 /// # }
 /// ```
-#[must_use = "the lock is released when the guard is dropped"]
-#[derive(Debug)]
-pub struct DeadpoolLockGuard(PoolHeld<DeadpoolConn>);
-
-impl DeadpoolLockGuard {
-    /// The locked key.
-    pub fn key(&self) -> Key {
-        self.0.key()
-    }
-
-    /// Exclusive or shared.
-    pub fn mode(&self) -> LockMode {
-        self.0.mode()
-    }
-
-    /// `true` for a shared lock, `false` for an exclusive one.
-    pub fn is_shared(&self) -> bool {
-        self.0.is_shared()
-    }
-
-    /// Does the session still hold the lock? Asks `pg_locks`.
-    pub async fn is_held(&mut self) -> Result<bool, Error> {
-        self.0.is_held().await
-    }
-
-    /// Unlock, report the server's answer ([`Error::NotHeld`]), and return the connection to the
-    /// pool (detached and closed instead if the unlock did not succeed).
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropped half-way, the connection is detached and closed: the lock ends with its session.
-    pub async fn release(self) -> Result<(), Error> {
-        self.0.release().await
-    }
-}
-
-impl Deref for DeadpoolLockGuard {
-    type Target = AsyncPgConnection;
-
-    fn deref(&self) -> &AsyncPgConnection {
-        self.0.conn()
-    }
-}
-
-impl DerefMut for DeadpoolLockGuard {
-    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
-        self.0.conn_mut()
-    }
-}
+pub type DeadpoolLockGuard = AsyncPoolLockGuard<DeadpoolConn>;
 
 impl AsyncAdvisoryLocksExt for &Pool<AsyncPgConnection> {
     async fn advisory_locks(self) -> Result<Vec<LockInfo>, Error> {
@@ -134,7 +85,7 @@ async fn acquire_deadpool(
 ) -> Result<Option<DeadpoolLockGuard>, Error> {
     req.validated()?;
     let conn = pool.get().await.map_err(Error::pool)?;
-    Ok(acquire(conn, req).await?.map(DeadpoolLockGuard))
+    acquire(conn, req).await
 }
 
 const _: () = {

@@ -3,7 +3,7 @@
 #[cfg(feature = "bb8")]
 pub(crate) mod bb8;
 #[cfg(any(feature = "bb8", feature = "deadpool"))]
-mod checkout;
+pub(crate) mod checkout;
 #[cfg(feature = "deadpool")]
 pub(crate) mod deadpool;
 #[cfg(feature = "r2d2")]
