@@ -161,9 +161,11 @@ impl Engine {
             let grantable_now = st.queue.is_empty()
                 && matches!(st.server, Server::Held(m) if m == mode)
                 && (st.holders.is_empty() || mode == Mode::Shared);
+            // (a server wait someone needs implies a queued waiter; a wait being cancelled
+            // does not refuse: the try goes out once the cancel is through, so our own abandoned
+            // waiter cannot make the server refuse it)
             let must_refuse = !grantable_now
                 && (!st.queue.is_empty()
-                    || st.wait.is_some()
                     || (matches!(st.server, Server::Held(_)) && !st.holders.is_empty()));
             if must_refuse {
                 self.reqs.remove(&id);

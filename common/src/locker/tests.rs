@@ -156,6 +156,28 @@ fn a_wait_nobody_needs_is_cancelled() {
 }
 
 #[test]
+fn a_try_during_a_cancelled_wait_goes_out_once_the_cancel_is_through() {
+    let mut e = Engine::new();
+    e.request(1, K, X, Attempt::Wait);
+    e.next_batch().unwrap();
+    e.batch_done(&[false]);
+    assert_eq!(e.poll_wait_start(), Some((K, X)));
+    e.release(1);
+    assert_eq!(e.poll_wait_cancel(), Some(K));
+    e.request(2, K, S, Attempt::Try);
+    assert_eq!(
+        events(&mut e),
+        vec![],
+        "not refused for our own abandoned wait"
+    );
+    assert_eq!(e.next_batch(), None, "held until the cancel is through");
+    e.wait_done(K, WaitOutcome::Cancelled);
+    assert_eq!(e.next_batch(), Some(vec![acq(K, S)]));
+    e.batch_done(&[true]);
+    assert_eq!(events(&mut e), vec![Event::Granted(2)]);
+}
+
+#[test]
 fn a_request_withdrawn_while_its_acquire_is_on_the_wire_is_released_after() {
     let mut e = Engine::new();
     e.request(1, K, X, Attempt::Wait);

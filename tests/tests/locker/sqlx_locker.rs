@@ -118,7 +118,7 @@ async fn shared_leases_share_one_server_hold() {
         other.is_some(),
         "coexists with another process's shared hold"
     );
-    drop(other);
+    other.unwrap().release().await.unwrap();
     drop((a, b));
     assert_eq!(locks(&[k]).await.iter().filter(|l| l.granted).count(), 1);
     c.release().await.unwrap();
