@@ -31,8 +31,11 @@ async fn held_by_anyone(key: Key, want: bool, within: Duration) {
     .unwrap();
 }
 
-/// Both lockers through `port`, with a short keepalive.
-fn lockers(port: u16) -> (sqlx_advisory::Locker, diesel_advisory::Locker) {
+/// Both lockers through `port`, with a short keepalive; `server_idle_timeout` as given.
+fn lockers(
+    port: u16,
+    server_idle_timeout: bool,
+) -> (sqlx_advisory::Locker, diesel_advisory::Locker) {
     let url = advisory_tests::db().url().to_owned();
     let sopts: sqlx::postgres::PgConnectOptions = url
         .parse::<sqlx::postgres::PgConnectOptions>()
@@ -43,7 +46,8 @@ fn lockers(port: u16) -> (sqlx_advisory::Locker, diesel_advisory::Locker) {
         sopts,
         sqlx_advisory::LockerOptions::default()
             .keepalive(Some(KEEPALIVE))
-            .keepalive_timeout(KEEPALIVE_TIMEOUT),
+            .keepalive_timeout(KEEPALIVE_TIMEOUT)
+            .server_idle_timeout(server_idle_timeout),
     );
     // the harness URL is postgres://postgres@127.0.0.1:<port>/postgres; point it at `port`
     let base: tokio_postgres::Config = url.parse().unwrap();
@@ -56,16 +60,15 @@ fn lockers(port: u16) -> (sqlx_advisory::Locker, diesel_advisory::Locker) {
         dcfg,
         diesel_advisory::LockerOptions::default()
             .keepalive(Some(KEEPALIVE))
-            .keepalive_timeout(KEEPALIVE_TIMEOUT),
+            .keepalive_timeout(KEEPALIVE_TIMEOUT)
+            .server_idle_timeout(server_idle_timeout),
     );
     (s, d)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_network_cut_is_noticed_within_the_keepalive_bound() {
-    let _serial = SERIAL.lock().await;
+async fn cut(server_idle_timeout: bool) -> (Key, Key, std::sync::Arc<proxy::Proxy>, Instant) {
     let proxy = proxy::start(format!("127.0.0.1:{}", port().await)).await;
-    let (s, d) = lockers(proxy.port);
+    let (s, d) = lockers(proxy.port, server_idle_timeout);
     let (ks, kd) = (unique_key(), unique_key());
     let ls = s.lock(ks).await.unwrap();
     let ld = d.lock(kd).await.unwrap();
@@ -82,7 +85,33 @@ async fn a_silent_network_cut_is_noticed_within_the_keepalive_bound() {
         "network cut noticed after {:?} (bound {bound:?})",
         t0.elapsed()
     );
-    // what lost() cannot promise: the server still has the dead sessions and their locks
+    // what lost() cannot promise: the server still has the dead sessions and their locks (and
+    // must: nobody else may get them before the holder was told)
+    held_by_anyone(ks, true, Duration::from_secs(1)).await;
+    held_by_anyone(kd, true, Duration::from_secs(1)).await;
+    (ks, kd, proxy, t0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_network_cut_is_noticed_and_the_server_frees_the_locks_within_its_idle_timeout() {
+    let _serial = SERIAL.lock().await;
+    let (ks, kd, _proxy, t0) = cut(true).await;
+    // the server ends the unreachable sessions by itself (idle_session_timeout = 3 x (keepalive +
+    // keepalive_timeout) = 1.8 s), the proxy still holding their sockets open
+    let server_bound = (KEEPALIVE + KEEPALIVE_TIMEOUT) * 3 + Duration::from_secs(2);
+    held_by_anyone(ks, false, server_bound).await;
+    held_by_anyone(kd, false, server_bound).await;
+    eprintln!(
+        "the server freed the locks {:?} after the cut",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_server_idle_timeout_a_cut_session_keeps_its_locks_until_its_socket_closes() {
+    let _serial = SERIAL.lock().await;
+    let (ks, kd, proxy, _t0) = cut(false).await;
+    tokio::time::sleep((KEEPALIVE + KEEPALIVE_TIMEOUT) * 3 + Duration::from_secs(1)).await;
     held_by_anyone(ks, true, Duration::from_secs(1)).await;
     held_by_anyone(kd, true, Duration::from_secs(1)).await;
     // once the server sees the sockets close, they are released
@@ -94,7 +123,7 @@ async fn a_silent_network_cut_is_noticed_within_the_keepalive_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_is_noticed_within_a_second_and_the_lockers_reconnect() {
     let _serial = SERIAL.lock().await;
-    let (s, d) = lockers(port().await);
+    let (s, d) = lockers(port().await, true);
     let (ks, kd) = (unique_key(), unique_key());
     let ls = s.lock(ks).await.unwrap();
     let ld = d.lock(kd).await.unwrap();

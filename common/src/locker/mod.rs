@@ -34,6 +34,31 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use crate::sql::Mode;
 use crate::{ErrorKind, Key};
 
+/// The `idle_session_timeout` a locker sets on its session so that the **server** ends it within a
+/// bound when this process can no longer reach it (a network cut): three times what the locker
+/// itself needs to notice the cut (`keepalive + keepalive_timeout`), so the locker always declares
+/// its leases lost before the server can give the locks to anyone else. `None` without a keepalive
+/// (an idle session would then be ended for nothing). Milliseconds, rounded up, at most
+/// `i32::MAX`.
+///
+/// ```
+/// use std::time::Duration;
+/// use advisory_common::locker::server_idle_timeout_ms;
+/// let s = Duration::from_secs(5);
+/// assert_eq!(server_idle_timeout_ms(Some(s), s), Some(30_000));
+/// assert_eq!(server_idle_timeout_ms(None, s), None);
+/// ```
+pub fn server_idle_timeout_ms(
+    keepalive: Option<std::time::Duration>,
+    keepalive_timeout: std::time::Duration,
+) -> Option<i32> {
+    let bound = keepalive?
+        .saturating_add(keepalive_timeout)
+        .saturating_mul(3);
+    let ms = bound.as_nanos().div_ceil(1_000_000);
+    Some(i32::try_from(ms).unwrap_or(i32::MAX).max(1))
+}
+
 /// The most ops one batch statement carries.
 pub const MAX_BATCH: usize = 4096;
 

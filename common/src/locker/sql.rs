@@ -44,6 +44,12 @@ pub const BATCH_HELD: &str = concat!(
     "AND m.o = CASE WHEN t.op & 4 = 4 THEN t.b::int8 & 4294967295 ELSE t.k & 4294967295 END"
 );
 
+/// Set the session's `idle_session_timeout` (PostgreSQL 14+) to `$1` milliseconds (`int4`), so the
+/// server ends the session if this process stops talking to it (see
+/// [`super::server_idle_timeout_ms`]). One row, one `text` column `idle_session_timeout`.
+pub const SET_IDLE_SESSION_TIMEOUT: &str =
+    "SELECT set_config('idle_session_timeout', $1::int4::text, false) AS idle_session_timeout";
+
 /// The session's keepalive: one row, one `int4` column `alive`.
 pub const KEEPALIVE: &str = "SELECT 1 AS alive";
 

@@ -36,6 +36,13 @@ pub struct LockerOptions {
     /// declared lost. Default 5 s. A network cut is thus noticed within `keepalive +
     /// keepalive_timeout`.
     pub keepalive_timeout: Duration,
+    /// Ask the server to end the session after `3 × (keepalive + keepalive_timeout)` without a
+    /// statement (`idle_session_timeout`, PostgreSQL 14+; default `true`, ignored without a
+    /// keepalive). The keepalive keeps a live session busy, so this only ends a session this
+    /// process can no longer reach: after a network cut the server releases its locks within that
+    /// bound (30 s with the defaults) instead of when TCP gives up (hours), and always after the
+    /// locker has declared them lost.
+    pub server_idle_timeout: bool,
 }
 
 impl Default for LockerOptions {
@@ -43,6 +50,7 @@ impl Default for LockerOptions {
         LockerOptions {
             keepalive: Some(Duration::from_secs(5)),
             keepalive_timeout: Duration::from_secs(5),
+            server_idle_timeout: true,
         }
     }
 }
@@ -57,6 +65,12 @@ impl LockerOptions {
     /// Set [`LockerOptions::keepalive_timeout`].
     pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
         self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Set [`LockerOptions::server_idle_timeout`].
+    pub fn server_idle_timeout(mut self, on: bool) -> Self {
+        self.server_idle_timeout = on;
         self
     }
 }

@@ -332,6 +332,16 @@ impl Task {
         }
         let (client, closed, driver) = open(&self.opts).await?;
         let pid: i32 = client.query_one(csql::BACKEND_PID, &[]).await?.get(0);
+        if self.cfg.server_idle_timeout
+            && let Some(ms) = advisory_common::locker::server_idle_timeout_ms(
+                self.cfg.keepalive,
+                self.cfg.keepalive_timeout,
+            )
+        {
+            client
+                .query_one(lsql::SET_IDLE_SESSION_TIMEOUT, &[&ms])
+                .await?;
+        }
         tracing::debug!(pid, "advisory locker session opened");
         let (lost, _) = watch::channel(false);
         self.session = Some(Session {

@@ -317,6 +317,17 @@ impl Task {
             .fetch_one(&mut listener)
             .await?
             .try_get(0)?;
+        if self.cfg.server_idle_timeout
+            && let Some(ms) = advisory_common::locker::server_idle_timeout_ms(
+                self.cfg.keepalive,
+                self.cfg.keepalive_timeout,
+            )
+        {
+            sqlx::query(lsql::SET_IDLE_SESSION_TIMEOUT)
+                .bind(ms)
+                .execute(&mut listener)
+                .await?;
+        }
         tracing::debug!(pid, "advisory locker session opened");
         let (lost, _) = watch::channel(false);
         self.session = Some(Session {
