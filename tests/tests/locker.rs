@@ -1,6 +1,10 @@
 //! The lock service (`sqlx_advisory::Locker`) against a real PostgreSQL server: what `pg_locks`
 //! and `pg_stat_activity` say, read on an independent observer session.
 
+#[path = "locker/diesel_failover.rs"]
+mod diesel_failover;
+#[path = "locker/diesel_load.rs"]
+mod diesel_load;
 #[path = "locker/diesel_locker.rs"]
 mod diesel_locker;
 #[path = "locker/failover.rs"]

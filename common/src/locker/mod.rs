@@ -25,11 +25,14 @@
 //! [`Engine::release`] on its request when it fires (a request granted in that instant is released
 //! like any lease).
 
+pub mod hash;
 pub mod sql;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hash::FastMap;
 
 use crate::sql::Mode;
 use crate::{ErrorKind, Key};
@@ -61,6 +64,9 @@ pub fn server_idle_timeout_ms(
 
 /// The most ops one batch statement carries.
 pub const MAX_BATCH: usize = 4096;
+
+/// How many emptied key states the engine keeps for reuse.
+const SPARE: usize = 1024;
 
 /// A request's (and the lease it becomes) identity, chosen by the shell.
 pub type LeaseId = u64;
@@ -139,9 +145,13 @@ struct Req {
 /// The lock service's state: see the [module docs](self).
 #[derive(Debug, Default)]
 pub struct Engine {
-    keys: HashMap<Key, KeyState>,
-    reqs: HashMap<LeaseId, Req>,
-    pending: BTreeSet<Key>,
+    keys: FastMap<Key, KeyState>,
+    reqs: FastMap<LeaseId, Req>,
+    /// Keys with an op scheduled (`Server::Pending`), in arrival order; may hold stale entries
+    /// (an op taken back, a key scheduled twice): [`Engine::next_batch`] skips them.
+    pending: Vec<Key>,
+    /// Emptied key states kept for reuse (their queue and holder buffers), at most [`SPARE`].
+    spare: Vec<KeyState>,
     in_flight: Vec<Op>,
     events: VecDeque<Event>,
     wait_start: VecDeque<(Key, Mode)>,
@@ -167,11 +177,14 @@ impl Engine {
             },
         );
         assert!(prev.is_none(), "lease id {id} reused");
-        let st = self.keys.entry(key).or_insert_with(|| KeyState {
-            server: Server::Idle,
-            holders: Vec::new(),
-            queue: VecDeque::new(),
-            wait: None,
+        let spare = &mut self.spare;
+        let st = self.keys.entry(key).or_insert_with(|| {
+            spare.pop().unwrap_or_else(|| KeyState {
+                server: Server::Idle,
+                holders: Vec::new(),
+                queue: VecDeque::new(),
+                wait: None,
+            })
         });
         // a release scheduled but not sent is taken back for a caller of the same mode
         if let Server::Pending(op) = st.server
@@ -179,8 +192,7 @@ impl Engine {
             && op.mode == mode
             && st.queue.is_empty()
         {
-            st.server = Server::Held(mode);
-            self.pending.remove(&key);
+            st.server = Server::Held(mode); // its `pending` entry is now stale
         }
         if attempt == Attempt::Try {
             let grantable_now = st.queue.is_empty()
@@ -228,19 +240,20 @@ impl Engine {
         if !self.in_flight.is_empty() || self.pending.is_empty() {
             return None;
         }
+        // sorted (a deterministic batch), each key once; stale entries are skipped below
+        self.pending.sort_unstable();
+        self.pending.dedup();
         let mut releases = Vec::new();
         let mut acquires = Vec::new();
-        let take: Vec<Key> = if self.pending.len() <= MAX_BATCH {
-            std::mem::take(&mut self.pending).into_iter().collect()
-        } else {
-            let keys: Vec<Key> = self.pending.iter().take(MAX_BATCH).copied().collect();
-            for k in &keys {
-                self.pending.remove(k);
+        let mut taken = 0;
+        for key in &self.pending {
+            if releases.len() + acquires.len() == MAX_BATCH {
+                break;
             }
-            keys
-        };
-        for key in take {
-            let st = self.keys.get_mut(&key).expect("pending key has state");
+            taken += 1;
+            let Some(st) = self.keys.get_mut(key) else {
+                continue;
+            };
             let Server::Pending(op) = st.server else {
                 continue;
             };
@@ -250,6 +263,10 @@ impl Engine {
             } else {
                 releases.push(op);
             }
+        }
+        self.pending.drain(..taken);
+        if releases.is_empty() && acquires.is_empty() {
+            return None;
         }
         releases.extend(acquires);
         self.in_flight = releases.clone();
@@ -462,8 +479,7 @@ impl Engine {
             Server::Pending(op) => {
                 // an acquire scheduled for callers who all left: take it back
                 if op.acquire && st.queue.is_empty() {
-                    st.server = Server::Idle;
-                    self.pending.remove(&key);
+                    st.server = Server::Idle; // its `pending` entry is now stale
                     self.pump(key);
                 }
             }
@@ -490,7 +506,7 @@ impl Engine {
                         mode: m,
                     };
                     st.server = Server::Pending(op);
-                    self.pending.insert(key);
+                    self.pending.push(key);
                 }
                 self.cancel_needless_wait(key);
             }
@@ -503,7 +519,7 @@ impl Engine {
                             mode: self.reqs[&head].mode,
                         };
                         st.server = Server::Pending(op);
-                        self.pending.insert(key);
+                        self.pending.push(key);
                     }
                 } else {
                     self.cancel_needless_wait(key);
@@ -535,8 +551,10 @@ impl Engine {
             && st.holders.is_empty()
             && st.queue.is_empty()
             && st.wait.is_none()
+            && let Some(st) = self.keys.remove(&key)
+            && self.spare.len() < SPARE
         {
-            self.keys.remove(&key);
+            self.spare.push(st);
         }
     }
 }

@@ -298,10 +298,40 @@ impl Locker {
     }
 
     async fn one(&self, key: Key, mode: Mode, attempt: Attempt) -> Result<Option<Lease>, Error> {
-        self.many(vec![(key, mode, attempt)])
-            .await
-            .pop()
-            .expect("one answer")
+        // the common case, without the vectors of `many`
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        let withdraw = Withdraw::new(id, &self.inner.tx);
+        let req = Request {
+            id,
+            key,
+            mode,
+            attempt,
+            reply,
+        };
+        if self.inner.tx.send(Cmd::One(req)).is_err() {
+            withdraw.disarm();
+            return Err(task_gone());
+        }
+        self.answer(withdraw, key, mode, rx.await)
+    }
+
+    fn answer(
+        &self,
+        withdraw: Withdraw<'_>,
+        key: Key,
+        mode: Mode,
+        reply: Result<Reply, oneshot::error::RecvError>,
+    ) -> Result<Option<Lease>, Error> {
+        let id = withdraw.disarm();
+        match reply {
+            Ok(Reply::Granted(lost)) => {
+                Ok(Some(Lease::new(id, key, mode, self.inner.tx.clone(), lost)))
+            }
+            Ok(Reply::Refused) => Ok(None),
+            Ok(Reply::Failed(e)) => Err(e),
+            Err(_) => Err(task_gone()),
+        }
     }
 
     /// Send requests in one command (they ride one batch) and collect the answers in order.
@@ -318,7 +348,7 @@ impl Locker {
                 attempt,
                 reply,
             });
-            pending.push((Withdraw::new(id, self.inner.tx.clone()), key, mode, rx));
+            pending.push((Withdraw::new(id, &self.inner.tx), key, mode, rx));
         }
         if self.inner.tx.send(Cmd::Request(cmd)).is_err() {
             return pending
@@ -331,27 +361,8 @@ impl Locker {
         }
         let mut out = Vec::with_capacity(pending.len());
         for (withdraw, key, mode, rx) in pending {
-            out.push(match rx.await {
-                Ok(Reply::Granted(lost)) => Ok(Some(Lease::new(
-                    withdraw.disarm(),
-                    key,
-                    mode,
-                    self.inner.tx.clone(),
-                    lost,
-                ))),
-                Ok(Reply::Refused) => {
-                    withdraw.disarm();
-                    Ok(None)
-                }
-                Ok(Reply::Failed(e)) => {
-                    withdraw.disarm();
-                    Err(e)
-                }
-                Err(_) => {
-                    withdraw.disarm();
-                    Err(task_gone())
-                }
-            });
+            let reply = rx.await;
+            out.push(self.answer(withdraw, key, mode, reply));
         }
         out
     }
@@ -362,13 +373,13 @@ fn task_gone() -> Error {
 }
 
 /// A request not yet answered: withdrawn if the caller's future is dropped.
-struct Withdraw {
+struct Withdraw<'a> {
     id: u64,
-    tx: Option<mpsc::UnboundedSender<Cmd>>,
+    tx: Option<&'a mpsc::UnboundedSender<Cmd>>,
 }
 
-impl Withdraw {
-    fn new(id: u64, tx: mpsc::UnboundedSender<Cmd>) -> Withdraw {
+impl<'a> Withdraw<'a> {
+    fn new(id: u64, tx: &'a mpsc::UnboundedSender<Cmd>) -> Withdraw<'a> {
         Withdraw { id, tx: Some(tx) }
     }
 
@@ -378,7 +389,7 @@ impl Withdraw {
     }
 }
 
-impl Drop for Withdraw {
+impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Cmd::Release(self.id, None));

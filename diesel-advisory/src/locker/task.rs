@@ -3,10 +3,10 @@
 //! task always reads the socket and tells us the moment it closes (terminated backend, server
 //! restart), the batch loop over [`Engine`], the waiter connections, the keepalive.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use advisory_common::locker::hash::FastMap;
 use advisory_common::locker::{Engine, Event, LeaseId, Op, WaitOutcome, sql as lsql};
 use advisory_common::sql::{self as csql, Mode};
 use advisory_common::{ErrorKind, Key, classify_sqlstate};
@@ -20,6 +20,8 @@ use super::LockerOptions;
 use crate::Error;
 
 pub(super) enum Cmd {
+    /// Ask for one key.
+    One(Request),
     /// Ask for these keys together (one command so that they ride one batch).
     Request(Vec<Request>),
     /// Give up a lease or a request; `ack` fires once the session no longer holds it for this lease.
@@ -41,11 +43,13 @@ pub(super) enum Reply {
 }
 
 struct Session {
+    /// First field, so dropped first: a session dropped with its task (the runtime shut down)
+    /// tells its leases they are lost before its connection closes and the server frees the locks.
+    lost: watch::Sender<bool>,
     client: Client,
     /// Fires when the connection task ends: the socket closed or failed.
     closed: oneshot::Receiver<String>,
     driver: tokio::task::AbortHandle,
-    lost: watch::Sender<bool>,
     pid: i32,
 }
 
@@ -93,13 +97,12 @@ struct Wait {
 pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, opts: Config, cfg: LockerOptions) {
     let mut t = Task {
         engine: Engine::new(),
-        replies: HashMap::new(),
-        keys: HashMap::new(),
-        acks: HashMap::new(),
+        reqs: FastMap::default(),
+        acks: FastMap::default(),
         session: None,
         opts,
         cfg,
-        waits: HashMap::new(),
+        waits: FastMap::default(),
         wait_gen: 0,
         idle_waiters: Arc::new(std::sync::Mutex::new(Vec::new())),
         last_error: None,
@@ -154,13 +157,13 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, opts: Config, cfg:
 
 struct Task {
     engine: Engine,
-    replies: HashMap<LeaseId, oneshot::Sender<Reply>>,
-    keys: HashMap<LeaseId, Key>,
-    acks: HashMap<Key, Vec<oneshot::Sender<Result<(), Error>>>>,
+    /// Every request and lease: its key, and the caller's reply channel until it is answered.
+    reqs: FastMap<LeaseId, (Key, Option<oneshot::Sender<Reply>>)>,
+    acks: FastMap<Key, Vec<oneshot::Sender<Result<(), Error>>>>,
     session: Option<Session>,
     opts: Config,
     cfg: LockerOptions,
-    waits: HashMap<Key, Wait>,
+    waits: FastMap<Key, Wait>,
     wait_gen: u64,
     idle_waiters: Arc<std::sync::Mutex<Vec<Client>>>,
     last_error: Option<String>,
@@ -182,18 +185,14 @@ fn db_error(msg: String) -> DieselError {
 impl Task {
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
+            Cmd::One(r) => self.request(r),
             Cmd::Request(reqs) => {
                 for r in reqs {
-                    tracing::trace!(id = r.id, key = %r.key, mode = r.mode.as_str(), "locker request");
-                    self.replies.insert(r.id, r.reply);
-                    self.keys.insert(r.id, r.key);
-                    self.engine.request(r.id, r.key, r.mode, r.attempt);
-                    self.settle(r.key);
+                    self.request(r);
                 }
             }
             Cmd::Release(id, ack) => {
-                let key = self.keys.remove(&id);
-                self.replies.remove(&id);
+                let key = self.reqs.remove(&id).map(|(key, _)| key);
                 self.engine.release(id);
                 if let Some(ack) = ack {
                     match key {
@@ -210,6 +209,13 @@ impl Task {
             }
         }
         self.deliver();
+    }
+
+    fn request(&mut self, r: Request) {
+        tracing::trace!(id = r.id, key = %r.key, mode = r.mode.as_str(), "locker request");
+        self.reqs.insert(r.id, (r.key, Some(r.reply)));
+        self.engine.request(r.id, r.key, r.mode, r.attempt);
+        self.settle(r.key);
     }
 
     /// Answer the releases of `key` whose unlock is done, or that needed none (the hold went to
@@ -230,21 +236,19 @@ impl Task {
                         Some(s) => s.lost.subscribe(),
                         None => watch::channel(true).1,
                     };
-                    if let Some(tx) = self.replies.remove(&id) {
+                    if let Some(tx) = self.reqs.get_mut(&id).and_then(|(_, reply)| reply.take()) {
                         // a caller gone in the meantime sent its Release already
                         let _ = tx.send(Reply::Granted(rx));
                     }
                 }
                 Event::Refused(id) => {
-                    self.keys.remove(&id);
-                    if let Some(tx) = self.replies.remove(&id) {
+                    if let Some((_, Some(tx))) = self.reqs.remove(&id) {
                         let _ = tx.send(Reply::Refused);
                     }
                 }
                 Event::Failed(id, kind) => {
-                    let key = self.keys.remove(&id);
-                    if let Some(tx) = self.replies.remove(&id) {
-                        let _ = tx.send(Reply::Failed(self.error(kind, key)));
+                    if let Some((key, Some(tx))) = self.reqs.remove(&id) {
+                        let _ = tx.send(Reply::Failed(self.error(kind, Some(key))));
                     }
                 }
             }
@@ -393,11 +397,17 @@ impl Task {
                     };
                     row.map(|r| vec![r.get::<_, bool>(0)])
                 } else {
-                    let params: [&(dyn ToSql + Sync); 4] = [&c, &k, &a, &b];
-                    s.client
-                        .query_one(lsql::BATCH, &params)
-                        .await
-                        .map(|r| r.get::<_, Vec<bool>>(0))
+                    let row = if lsql::is_bigint(&ops) {
+                        let params: [&(dyn ToSql + Sync); 2] = [&c, &k];
+                        s.client.query_one(lsql::BATCH_BIGINT, &params).await
+                    } else {
+                        let params: [&(dyn ToSql + Sync); 4] = [&c, &k, &a, &b];
+                        s.client.query_one(lsql::BATCH, &params).await
+                    };
+                    // out-of-range positions: an empty answer, which the length check refuses
+                    row.map(|r| {
+                        lsql::results(ops.len(), &r.get::<_, Vec<i64>>(0)).unwrap_or_default()
+                    })
                 }
             })
             .await;
@@ -477,7 +487,7 @@ impl Task {
         let _ = s.lost.send(true);
         let lost = self.engine.session_lost();
         for id in lost {
-            self.keys.remove(&id);
+            self.reqs.remove(&id);
         }
         for (_, acks) in self.acks.drain() {
             for ack in acks {

@@ -2,11 +2,11 @@
 //! no statement is: a terminated backend or a closed socket is seen at once), the batch loop over
 //! [`Engine`], the waiter connections, the keepalive.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use advisory_common::locker::hash::FastMap;
 use advisory_common::locker::{Engine, Event, LeaseId, Op, WaitOutcome, sql as lsql};
 use advisory_common::sql::{self as csql, Mode};
 use advisory_common::{ErrorKind, Key};
@@ -19,6 +19,8 @@ use super::LockerOptions;
 use crate::Error;
 
 pub(super) enum Cmd {
+    /// Ask for one key.
+    One(Request),
     /// Ask for these keys together (one command so that they ride one batch).
     Request(Vec<Request>),
     /// Give up a lease or a request; `ack` fires once the session no longer holds it for this lease.
@@ -40,10 +42,12 @@ pub(super) enum Reply {
 }
 
 struct Session {
+    /// First field, so dropped first: a session dropped with its task (the runtime shut down)
+    /// tells its leases they are lost before its connection closes and the server frees the locks.
+    lost: watch::Sender<bool>,
     listener: PgListener,
     /// A private one-connection pool: the session's connection never goes back to the user's pool.
     pool: PgPool,
-    lost: watch::Sender<bool>,
     pid: i32,
 }
 
@@ -64,13 +68,12 @@ pub(super) async fn run(
 ) {
     let mut t = Task {
         engine: Engine::new(),
-        replies: HashMap::new(),
-        keys: HashMap::new(),
-        acks: HashMap::new(),
+        reqs: FastMap::default(),
+        acks: FastMap::default(),
         session: None,
         opts,
         cfg,
-        waits: HashMap::new(),
+        waits: FastMap::default(),
         wait_gen: 0,
         idle_waiters: Arc::new(std::sync::Mutex::new(Vec::new())),
         last_error: None,
@@ -130,13 +133,13 @@ pub(super) async fn run(
 
 struct Task {
     engine: Engine,
-    replies: HashMap<LeaseId, oneshot::Sender<Reply>>,
-    keys: HashMap<LeaseId, Key>,
-    acks: HashMap<Key, Vec<oneshot::Sender<Result<(), Error>>>>,
+    /// Every request and lease: its key, and the caller's reply channel until it is answered.
+    reqs: FastMap<LeaseId, (Key, Option<oneshot::Sender<Reply>>)>,
+    acks: FastMap<Key, Vec<oneshot::Sender<Result<(), Error>>>>,
     session: Option<Session>,
     opts: PgConnectOptions,
     cfg: LockerOptions,
-    waits: HashMap<Key, Wait>,
+    waits: FastMap<Key, Wait>,
     wait_gen: u64,
     idle_waiters: Arc<std::sync::Mutex<Vec<(PgConnection, i32)>>>,
     last_error: Option<String>,
@@ -154,18 +157,14 @@ fn lost_error(why: &str) -> Error {
 impl Task {
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
+            Cmd::One(r) => self.request(r),
             Cmd::Request(reqs) => {
                 for r in reqs {
-                    tracing::trace!(id = r.id, key = %r.key, mode = r.mode.as_str(), "locker request");
-                    self.replies.insert(r.id, r.reply);
-                    self.keys.insert(r.id, r.key);
-                    self.engine.request(r.id, r.key, r.mode, r.attempt);
-                    self.settle(r.key);
+                    self.request(r);
                 }
             }
             Cmd::Release(id, ack) => {
-                let key = self.keys.remove(&id);
-                self.replies.remove(&id);
+                let key = self.reqs.remove(&id).map(|(key, _)| key);
                 self.engine.release(id);
                 if let Some(ack) = ack {
                     match key {
@@ -182,6 +181,13 @@ impl Task {
             }
         }
         self.deliver();
+    }
+
+    fn request(&mut self, r: Request) {
+        tracing::trace!(id = r.id, key = %r.key, mode = r.mode.as_str(), "locker request");
+        self.reqs.insert(r.id, (r.key, Some(r.reply)));
+        self.engine.request(r.id, r.key, r.mode, r.attempt);
+        self.settle(r.key);
     }
 
     /// Answer the releases of `key` whose unlock is done, or that needed none (the hold went to
@@ -202,21 +208,19 @@ impl Task {
                         Some(s) => s.lost.subscribe(),
                         None => watch::channel(true).1,
                     };
-                    if let Some(tx) = self.replies.remove(&id) {
+                    if let Some(tx) = self.reqs.get_mut(&id).and_then(|(_, reply)| reply.take()) {
                         // a caller gone in the meantime sent its Release already
                         let _ = tx.send(Reply::Granted(rx));
                     }
                 }
                 Event::Refused(id) => {
-                    self.keys.remove(&id);
-                    if let Some(tx) = self.replies.remove(&id) {
+                    if let Some((_, Some(tx))) = self.reqs.remove(&id) {
                         let _ = tx.send(Reply::Refused);
                     }
                 }
                 Event::Failed(id, kind) => {
-                    let key = self.keys.remove(&id);
-                    if let Some(tx) = self.replies.remove(&id) {
-                        let _ = tx.send(Reply::Failed(self.error(kind, key)));
+                    if let Some((key, Some(tx))) = self.reqs.remove(&id) {
+                        let _ = tx.send(Reply::Failed(self.error(kind, Some(key))));
                     }
                 }
             }
@@ -379,13 +383,20 @@ impl Task {
                     };
                     q.fetch_one(&mut s.listener).await.map(|b| vec![b])
                 } else {
-                    sqlx::query_scalar::<_, Vec<bool>>(lsql::BATCH)
-                        .bind(&c)
-                        .bind(&k)
-                        .bind(&a)
-                        .bind(&b)
-                        .fetch_one(&mut s.listener)
+                    let q = if lsql::is_bigint(&ops) {
+                        sqlx::query_scalar::<_, Vec<i64>>(lsql::BATCH_BIGINT)
+                            .bind(&c)
+                            .bind(&k)
+                    } else {
+                        sqlx::query_scalar::<_, Vec<i64>>(lsql::BATCH)
+                            .bind(&c)
+                            .bind(&k)
+                            .bind(&a)
+                            .bind(&b)
+                    };
+                    q.fetch_one(&mut s.listener)
                         .await
+                        .map(|refused| lsql::results(ops.len(), &refused).unwrap_or_default())
                 }
             })
             .await;
@@ -465,7 +476,7 @@ impl Task {
         let _ = s.lost.send(true);
         let lost = self.engine.session_lost();
         for id in lost {
-            self.keys.remove(&id);
+            self.reqs.remove(&id);
         }
         for (_, acks) in self.acks.drain() {
             for ack in acks {

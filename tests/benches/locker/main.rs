@@ -56,6 +56,9 @@ unsafe impl GlobalAlloc for Counting {
 static A: Counting = Counting;
 
 struct Opts {
+    warmup: usize,
+    /// A throughput measurement repeats its round until this much time has passed.
+    window: Duration,
     reps: usize,
     tasks: usize,
     lone: usize,
@@ -67,6 +70,8 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let o = if quick {
         Opts {
+            warmup: 1,
+            window: Duration::ZERO,
             reps: 2,
             tasks: 100,
             lone: 20,
@@ -75,9 +80,11 @@ fn main() {
         }
     } else {
         Opts {
-            reps: 7,
+            warmup: 3,
+            window: Duration::from_millis(100),
+            reps: 25,
             tasks: 1000,
-            lone: 400,
+            lone: 1000,
             held: 10_000,
             kills: 40,
         }
@@ -107,6 +114,8 @@ fn main() {
             match only.as_str() {
                 "throughput" => throughput(&url, &o).await,
                 "lone" => lone(&url, &o).await,
+                // a profiling aid: only the locker side of the throughput section, many times
+                "locker-profile" => locker_profile(&url, &o).await,
                 other => panic!("unknown section {other}"),
             }
         });
@@ -208,93 +217,159 @@ async fn throughput(url: &str, o: &Opts) {
         .release()
         .await
         .unwrap();
-    let (mut l_rate, mut g_rate, mut l_trips, mut g_trips) = (vec![], vec![], vec![], vec![]);
-    for rep in 0..o.reps {
-        for which in if rep % 2 == 0 { [0, 1] } else { [1, 0] } {
-            let ks = keys(o.tasks);
-            let t0 = Instant::now();
-            let trips0 = proxy.trips();
-            let mut js = Vec::with_capacity(o.tasks);
-            for k in ks {
-                if which == 0 {
-                    let l = locker.clone();
-                    js.push(tokio::spawn(async move {
-                        l.lock(k).await.unwrap().release().await.unwrap();
-                    }));
-                } else {
-                    let p = pool.clone();
-                    js.push(tokio::spawn(async move {
-                        p.advisory_lock(k).await.unwrap().release().await.unwrap();
-                    }));
-                }
-            }
-            for j in js {
-                j.await.unwrap();
-            }
-            let rate = o.tasks as f64 / t0.elapsed().as_secs_f64();
-            let trips = (proxy.trips() - trips0) as f64;
-            if which == 0 {
-                l_rate.push(rate);
-                l_trips.push(trips);
-            } else {
-                g_rate.push(rate);
-                g_trips.push(trips);
-            }
-        }
-    }
-    // the floor: the same keys as one try-lock statement and one unlock statement, no tasks
+    // the floor's connection: the same keys as one try-lock statement and one unlock statement,
+    // no tasks, no proxy
     let mut conn = PgConnection::connect_with(&url.parse::<PgConnectOptions>().unwrap())
         .await
         .unwrap();
-    let mut f_rate = Vec::new();
-    for _ in 0..o.reps {
-        let ks = keys(o.tasks);
-        let t0 = Instant::now();
-        for acquire in [true, false] {
-            let ops: Vec<Op> = ks
-                .iter()
-                .map(|k| Op {
-                    acquire,
-                    key: *k,
-                    mode: LockMode::Exclusive,
-                })
-                .collect();
-            let (c, k, a, b) = lsql::encode(&ops);
-            let r: Vec<bool> = sqlx::query_scalar(lsql::BATCH)
-                .bind(&c)
-                .bind(&k)
-                .bind(&a)
-                .bind(&b)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            assert!(r.iter().all(|b| *b));
+    let (mut l_rate, mut g_rate, mut f_rate) = (vec![], vec![], vec![]);
+    let (mut l_trips, mut g_trips) = (vec![], vec![]);
+    let (mut ratio, mut f_ratio) = (vec![], vec![]);
+    // warm-up reps first (discarded), then measured ones; within a rep the three variants run
+    // back to back, in an order rotated every rep, and a rep's ratio compares its own runs
+    for rep in 0..o.warmup + o.reps {
+        let mut rate = [0.0f64; 3];
+        let mut trips = [0.0f64; 3];
+        for i in 0..3 {
+            let which = (rep + i) % 3;
+            // one measurement = rounds of the same workload (all tasks at once, fresh keys)
+            // repeated until `o.window` has passed, so that each variant is timed over a
+            // comparable window (the guards' one round already takes ~100 ms, the locker's a few)
+            let (mut rounds, mut busy) = (0usize, Duration::ZERO);
+            let trips0 = proxy.trips();
+            while rounds == 0 || busy < o.window {
+                let ks = keys(o.tasks);
+                let t0 = Instant::now();
+                if which == 2 {
+                    floor(&mut conn, &ks).await;
+                } else {
+                    let mut js = Vec::with_capacity(o.tasks);
+                    for k in ks {
+                        if which == 0 {
+                            let l = locker.clone();
+                            js.push(tokio::spawn(async move {
+                                l.lock(k).await.unwrap().release().await.unwrap();
+                            }));
+                        } else {
+                            let p = pool.clone();
+                            js.push(tokio::spawn(async move {
+                                p.advisory_lock(k).await.unwrap().release().await.unwrap();
+                            }));
+                        }
+                    }
+                    for j in js {
+                        j.await.unwrap();
+                    }
+                }
+                busy += t0.elapsed();
+                rounds += 1;
+            }
+            rate[which] = (o.tasks * rounds) as f64 / busy.as_secs_f64();
+            trips[which] = (proxy.trips() - trips0) as f64 / rounds as f64;
         }
-        f_rate.push(o.tasks as f64 / t0.elapsed().as_secs_f64());
+        if rep < o.warmup {
+            continue;
+        }
+        l_rate.push(rate[0]);
+        g_rate.push(rate[1]);
+        f_rate.push(rate[2]);
+        l_trips.push(trips[0]);
+        g_trips.push(trips[1]);
+        ratio.push(rate[0] / rate[1]);
+        f_ratio.push(rate[2] / rate[1]);
     }
-    let (l, g) = (pct(&mut l_rate, 0.5), pct(&mut g_rate, 0.5));
-    let f = pct(&mut f_rate, 0.5);
+    let (l, g, f) = (
+        pct(&mut l_rate, 0.5),
+        pct(&mut g_rate, 0.5),
+        pct(&mut f_rate, 0.5),
+    );
+    let r = pct(&mut ratio, 0.5);
     println!();
     println!(
-        "## {} tasks, each acquire + release of a distinct key, all at once ({} reps, median)",
-        o.tasks, o.reps
+        "## {} tasks, each acquire + release of a distinct key, all at once ({} reps after {} warm-up; \
+         in each rep every variant repeats its round for >= {} ms, variants interleaved in a rotating \
+         order; rates: median; ratios: median of the per-rep ratios)",
+        o.tasks,
+        o.reps,
+        o.warmup,
+        o.window.as_millis()
     );
-    println!("| | acquire+release / s | round trips per run | |");
+    println!("| | acquire+release / s | round trips per round | vs the guards |");
     println!("|---|---:|---:|---|");
     println!(
-        "| Locker (1 session) | {l:.0} | {:.0} | **{:.1}x** the guards |",
+        "| Locker (1 session) | {l:.0} | {:.0} | **{r:.1}x** (per-rep ratios: min {:.1}x, p25 {:.1}x, p75 {:.1}x, max {:.1}x) |",
         pct(&mut l_trips, 0.5),
-        l / g
+        pct(&mut ratio, 0.0),
+        pct(&mut ratio, 0.25),
+        pct(&mut ratio, 0.75),
+        pct(&mut ratio, 1.0),
     );
     println!(
         "| PgPool guards (10 connections) | {g:.0} | {:.0} | 1.0x |",
         pct(&mut g_trips, 0.5)
     );
     println!(
-        "| floor: one try-lock statement over the {} keys + one unlock statement (no tasks, no proxy) | {f:.0} | 2 | {:.1}x |",
+        "| floor: one try-lock statement over the {} keys + one unlock statement (the locker's batch statement; no tasks, no proxy) | {f:.0} | 2 | {:.1}x |",
         o.tasks,
-        f / g
+        pct(&mut f_ratio, 0.5)
     );
+}
+
+/// The floor: `keys` taken by one try-lock statement and released by one unlock statement.
+async fn floor(conn: &mut PgConnection, ks: &[Key]) {
+    for acquire in [true, false] {
+        let ops: Vec<Op> = ks
+            .iter()
+            .map(|k| Op {
+                acquire,
+                key: *k,
+                mode: LockMode::Exclusive,
+            })
+            .collect();
+        let (c, k, _, _) = lsql::encode(&ops);
+        // the locker's own statement for a batch of bigint keys (one function call per key)
+        let refused: Vec<i64> = sqlx::query_scalar(lsql::BATCH_BIGINT)
+            .bind(&c)
+            .bind(&k)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert!(refused.is_empty());
+    }
+}
+
+async fn locker_profile(url: &str, o: &Opts) {
+    let locker = Locker::with_options(opts(url, "locker-bench-profile"), LockerOptions::default());
+    let mut rates = Vec::new();
+    for _ in 0..300 {
+        let ks = keys(o.tasks);
+        let t0 = Instant::now();
+        let js: Vec<_> = ks
+            .into_iter()
+            .map(|k| {
+                let l = locker.clone();
+                tokio::spawn(async move { l.lock(k).await.unwrap().release().await.unwrap() })
+            })
+            .collect();
+        for j in js {
+            j.await.unwrap();
+        }
+        rates.push(o.tasks as f64 / t0.elapsed().as_secs_f64());
+    }
+    println!(
+        "locker only: median {:.0} acquire+release / s",
+        pct(&mut rates, 0.5)
+    );
+    let mut empty = Vec::new();
+    for _ in 0..300 {
+        let t0 = Instant::now();
+        let js: Vec<_> = (0..o.tasks).map(|_| tokio::spawn(async {})).collect();
+        for j in js {
+            j.await.unwrap();
+        }
+        empty.push(o.tasks as f64 / t0.elapsed().as_secs_f64());
+    }
+    println!("empty tasks: median {:.0} / s", pct(&mut empty, 0.5));
 }
 
 async fn lone(url: &str, o: &Opts) {
@@ -314,13 +389,14 @@ async fn lone(url: &str, o: &Opts) {
         .release()
         .await
         .unwrap();
-    let (mut lv, mut gv) = (Vec::new(), Vec::new());
-    for i in 0..o.lone {
+    let (mut lv, mut gv, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let warmup = o.lone / 10;
+    for i in 0..warmup + o.lone {
+        let mut t = [0.0f64; 2];
         for which in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
             let t0 = Instant::now();
             if which == 0 {
                 locker.lock(k).await.unwrap().release().await.unwrap();
-                lv.push(ms(t0.elapsed()));
             } else {
                 pool.advisory_lock(k2)
                     .await
@@ -328,22 +404,29 @@ async fn lone(url: &str, o: &Opts) {
                     .release()
                     .await
                     .unwrap();
-                gv.push(ms(t0.elapsed()));
             }
+            t[which] = ms(t0.elapsed());
+        }
+        if i >= warmup {
+            lv.push(t[0]);
+            gv.push(t[1]);
+            ratio.push(t[0] / t[1]);
         }
     }
     let (l, g) = (pct(&mut lv, 0.5), pct(&mut gv, 0.5));
     println!();
     println!(
-        "## a lone caller: acquire + release (release waits for the unlock), {} each, interleaved",
+        "## a lone caller: acquire + release (release waits for the unlock), {} pairs after {warmup} \
+         warm-up, interleaved (ratio: median of the per-pair ratios)",
         o.lone
     );
     println!("| | median | p99 | |");
     println!("|---|---:|---:|---|");
     println!(
-        "| Locker | {:.3} ms | {:.3} ms | **{:.2}x** the guard |",
+        "| Locker | {:.3} ms | {:.3} ms | **{:.2}x** the guard (ratio of the medians {:.2}x) |",
         l,
         pct(&mut lv, 0.99),
+        pct(&mut ratio, 0.5),
         l / g
     );
     println!(
