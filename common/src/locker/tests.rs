@@ -258,3 +258,45 @@ fn the_batch_encoding_marks_mode_space_and_direction() {
         }
     );
 }
+
+#[test]
+fn ops_taken_back_and_scheduled_again_go_out_once_and_batches_split_at_the_limit() {
+    let mut e = Engine::new();
+    // K: an acquire scheduled, withdrawn (its pending entry goes stale), scheduled again
+    e.request(1, K, X, Attempt::Wait);
+    e.release(1);
+    e.request(2, K, X, Attempt::Wait);
+    // K2: an unlock scheduled, taken back by a caller of the same mode, scheduled again
+    e.request(3, K2, X, Attempt::Wait);
+    assert_eq!(e.next_batch(), Some(vec![acq(K, X), acq(K2, X)]));
+    e.batch_done(&[true, true]);
+    e.release(3);
+    e.request(4, K2, X, Attempt::Wait); // takes the hold back: no op
+    e.release(4);
+    e.release(2);
+    assert_eq!(
+        e.next_batch(),
+        Some(vec![rel(K, X), rel(K2, X)]),
+        "each key once"
+    );
+    e.batch_done(&[true, true]);
+    assert_eq!(e.next_batch(), None, "stale entries make no batch");
+    assert!(e.is_idle());
+    // more keys than one statement carries: the rest goes next, each key exactly once
+    let n = MAX_BATCH + 10;
+    for i in 0..n {
+        e.request(100 + i as u64, Key::BigInt(i as i64), X, Attempt::Wait);
+    }
+    e.release(100); // a stale entry among them
+    let first = e.next_batch().unwrap();
+    assert_eq!(first.len(), MAX_BATCH);
+    e.batch_done(&vec![true; first.len()]);
+    let second = e.next_batch().unwrap();
+    assert_eq!(second.len(), n - 1 - MAX_BATCH);
+    let mut all: Vec<Key> = first.iter().chain(&second).map(|op| op.key).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n - 1);
+    e.batch_done(&vec![true; second.len()]);
+    assert_eq!(e.leases(), n - 1);
+}
