@@ -17,6 +17,10 @@
 //! promise: `sql` (every statement they send, as `&'static str` so drivers cache the prepared
 //! statement, keys always bound as parameters) and the SQLSTATE classification.
 //!
+//! [`protocol`] is the lock protocol without I/O that every adapter drives: which statement to
+//! send next and what each answer means (grant-at-timeout check, savepoint and lock-then-`BEGIN`
+//! batches, what a failure leaves the connection fit for), so an adapter only does the I/O.
+//!
 //! ```
 //! use advisory_common::{Key, KeySpace, KeyValue};
 //!

@@ -3,8 +3,9 @@
 
 use std::borrow::Cow;
 
+use super::outcome::{After, Answer, Failure, Finish, Step};
+use super::request::Request;
 use super::statement::{Prepared, Statement};
-use super::{After, Answer, Failure, Finish, Request, Step};
 use crate::ErrorKind;
 use crate::sql::{self, Scope, Wait};
 
@@ -63,7 +64,7 @@ enum State<E> {
 
 impl<E> Acquire<E> {
     /// A session-scope acquire as a prepared statement (the connection must be outside any
-    /// transaction: [`session_allowed`](super::session_allowed)).
+    /// transaction: [`session_allowed`](super::request::session_allowed)).
     pub fn session(req: Request) -> Acquire<E> {
         Acquire::with(req, Scope::Session, Form::Prepared)
     }
@@ -73,8 +74,9 @@ impl<E> Acquire<E> {
         Acquire::with(req, Scope::Session, Form::Literal)
     }
 
-    /// A transaction-scope acquire (inside a transaction: [`xact_allowed`](super::xact_allowed)): prepared, or for
-    /// a timed one the savepoint batch, so that a timeout does not abort the caller's transaction.
+    /// A transaction-scope acquire (inside a transaction:
+    /// [`xact_allowed`](super::request::xact_allowed)): prepared, or for a timed one the savepoint
+    /// batch, so that a timeout does not abort the caller's transaction.
     pub fn xact(req: Request) -> Acquire<E> {
         let form = match req.wait() {
             Wait::Timeout => Form::Savepoint,
@@ -201,7 +203,7 @@ impl<E> Acquire<E> {
 }
 
 fn held_check(req: &Request) -> Statement {
-    super::held_statement(req.key(), req.mode()).into()
+    super::simple::held_statement(req.key(), req.mode()).into()
 }
 
 fn finish<E>(outcome: Result<bool, Failure<E>>, after: After) -> Step<E> {

@@ -1,7 +1,8 @@
 //! The one-statement conversations: release, `is_held`, and lock-then-`BEGIN`.
 
+use super::outcome::Answer;
+use super::request::Request;
 use super::statement::{Prepared, StatementKind};
-use super::{Answer, Request};
 use crate::sql;
 use crate::{Key, LockMode};
 
@@ -47,10 +48,10 @@ pub fn held_statement(key: Key, mode: LockMode) -> Prepared {
 
 /// The statement that opens a transaction already holding the transaction-level lock of `req`, in
 /// one simple-protocol round trip ([`sql::lock_then_begin`]; check the connection first with
-/// [`begin_allowed`](super::begin_allowed)). The driver sends it as its `BEGIN`. Succeeded, the transaction is
-/// open and holds the lock; failed (timeout, deadlock, ...), PostgreSQL rolled the implicit
-/// transaction back: the connection is idle, outside any transaction, holding nothing, its
-/// `lock_timeout` unchanged, so it is fit for use as it is.
+/// [`begin_allowed`](super::request::begin_allowed)). The driver sends it as its `BEGIN`.
+/// Succeeded, the transaction is open and holds the lock; failed (timeout, deadlock, ...),
+/// PostgreSQL rolled the implicit transaction back: the connection is idle, outside any
+/// transaction, holding nothing, its `lock_timeout` unchanged, so it is fit for use as it is.
 pub fn begin_statement(req: &Request) -> String {
     sql::lock_then_begin(req.mode(), req.key(), req.millis())
 }

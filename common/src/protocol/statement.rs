@@ -10,10 +10,10 @@ use crate::{Key, LockMode};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Statement {
     /// A prepared, cached statement with the key (and the milliseconds) bound as parameters;
-    /// answered with [`Answer::Row`](super::Answer::Row).
+    /// answered with [`Answer::Row`](super::outcome::Answer::Row).
     Prepared(Prepared),
     /// A simple-protocol text (integers spliced only: a savepoint batch, its rollback, a
-    /// plain-text acquire); answered with [`Answer::Done`](super::Answer::Done).
+    /// plain-text acquire); answered with [`Answer::Done`](super::outcome::Answer::Done).
     Simple(Cow<'static, str>),
 }
 
@@ -77,7 +77,7 @@ impl Prepared {
     }
 
     /// The lock statement for `scope`.
-    pub(crate) fn lock(scope: Scope, req: &super::Request) -> Prepared {
+    pub(crate) fn lock(scope: Scope, req: &super::request::Request) -> Prepared {
         Prepared {
             kind: StatementKind::Lock(scope, req.mode(), req.wait()),
             key: req.key(),
