@@ -174,15 +174,21 @@ impl World {
             Mode::Exclusive => "pg_try_advisory_lock",
             Mode::Shared => "pg_try_advisory_lock_shared",
         };
+        let waiter_before = self.conflicting_waiter(pid, key, mode).await;
         let got: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {f}($1)")))
             .bind(key)
             .fetch_one(&mut self.contender)
             .await
             .unwrap();
         self.note(format!("contender try {key} {mode:?} -> {got}"));
-        // granted: nothing certain was in the way; refused: something (maybe a release still
-        // queued on another connection) was
-        if (got && self.blocked(pid, key, mode)) || (!got && !self.maybe_blocked(pid, key, mode)) {
+        // granted: nothing certain was in the way; refused: something was (maybe a release still
+        // queued on another connection, or a conflicting request still *waiting*: PostgreSQL
+        // refuses a try that conflicts with a waiter, so that waiters are not starved)
+        let refused_by_a_waiter =
+            !got && (waiter_before || self.conflicting_waiter(pid, key, mode).await);
+        if (got && self.blocked(pid, key, mode))
+            || (!got && !self.maybe_blocked(pid, key, mode) && !refused_by_a_waiter)
+        {
             self.fail("the contender's try disagrees with the model (mutual exclusion)");
         }
         if got {
@@ -241,6 +247,27 @@ impl World {
                 self.keys.contains(&k).then(|| (r.get("pid"), k, mode))
             })
             .collect()
+    }
+
+    /// Is another session waiting (not granted) for `key` in a mode that conflicts with `mode`?
+    async fn conflicting_waiter(&mut self, pid: i32, key: i64, mode: Mode) -> bool {
+        let modes: Vec<String> = sqlx::query_scalar(
+            "SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND NOT granted \
+             AND ((classid::int8 << 32) | objid::int8) = $1 AND pid <> $2",
+        )
+        .bind(key)
+        .bind(pid)
+        .fetch_all(&mut self.observer)
+        .await
+        .unwrap();
+        modes.iter().any(|m| {
+            let waiting = if m == "ExclusiveLock" {
+                Mode::Exclusive
+            } else {
+                Mode::Shared
+            };
+            conflicts(waiting, mode)
+        })
     }
 
     /// Requests on the keys still waiting in sessions that are closed or returned: a waiting
