@@ -13,8 +13,9 @@
 use std::time::Duration;
 
 use advisory_common::{Key, migration_keys};
-use diesel::migration::{MigrationSource, MigrationVersion};
-use diesel::pg::Pg;
+use diesel::migration::MigrationVersion;
+#[cfg(feature = "sync")]
+use diesel::{migration::MigrationSource, pg::Pg};
 
 use crate::error::Error;
 
@@ -173,6 +174,7 @@ pub(crate) fn owned(v: Vec<MigrationVersion<'_>>) -> Vec<MigrationVersion<'stati
     v.iter().map(MigrationVersion::as_owned).collect()
 }
 
+#[cfg(feature = "sync")]
 fn finish(
     applied: diesel::migration::Result<Vec<MigrationVersion<'static>>>,
     released: Result<(), Error>,

@@ -15,6 +15,7 @@
 
 pub use advisory_common::schema::{INSTALL, UNINSTALL};
 
+#[cfg(any(feature = "sync", feature = "async"))]
 use crate::error::Error;
 
 /// Creates (or replaces) `advisory_key(text)` and the view `advisory_locks` in the first schema
