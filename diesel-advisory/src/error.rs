@@ -157,6 +157,41 @@ pub(crate) fn kind_of(err: &DieselError) -> Option<ErrorKind> {
     sqlstate(err).and_then(classify_sqlstate)
 }
 
+/// An acquire that did not produce a lock.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: Error,
+    /// The session may hold the lock anyway: the statement timed out (55P03, which PostgreSQL can
+    /// raise for a wait granted in the same instant) and the `held` check that would have told
+    /// failed. The caller must release it (a timed acquire that timed out never already held the
+    /// key in that mode, so one unlock is exact) or discard the connection.
+    pub(crate) maybe_held: bool,
+}
+
+impl Failed {
+    /// How a finished conversation ends for the caller: the grant, or the failure with whether the
+    /// session may hold the lock anyway.
+    pub(crate) fn outcome(
+        finish: protocol::Finish<DieselError>,
+        req: &protocol::Request,
+    ) -> Result<bool, Failed> {
+        let maybe_held = finish.after == protocol::After::MaybeHeld;
+        finish.outcome.map_err(|failure| Failed {
+            error: from_failure(failure, req),
+            maybe_held,
+        })
+    }
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed {
+            error,
+            maybe_held: false,
+        }
+    }
+}
+
 /// The error of a failed request, as the protocol reports it.
 pub(crate) fn from_failure(failure: Failure<DieselError>, req: &protocol::Request) -> Error {
     match failure {

@@ -98,7 +98,6 @@
 pub mod schema;
 
 mod error;
-mod request;
 mod sealed;
 mod stmt;
 

@@ -5,14 +5,10 @@
 pub trait Sealed {}
 
 #[cfg(feature = "sync")]
-impl Sealed for diesel::PgConnection {}
-#[cfg(feature = "sync")]
 impl Sealed for &mut diesel::PgConnection {}
 #[cfg(feature = "r2d2")]
 impl Sealed for &diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<diesel::PgConnection>> {}
 
-#[cfg(feature = "async")]
-impl Sealed for diesel_async::AsyncPgConnection {}
 #[cfg(feature = "async")]
 impl Sealed for &mut diesel_async::AsyncPgConnection {}
 #[cfg(feature = "bb8")]

@@ -282,6 +282,16 @@ pub(crate) type LocksStmt = Stmt<
     LOCKS_ID,
 >;
 
+/// The prepared unlock of one hold ([`advisory_common::protocol::release_statement`]).
+pub(crate) fn unlock_stmt(key: Key, mode: Mode) -> BoolStmt {
+    advisory_common::protocol::release_statement(key, mode).into()
+}
+
+/// The prepared `pg_locks` check ([`advisory_common::protocol::held_statement`]).
+pub(crate) fn held_stmt(key: Key, mode: Mode) -> BoolStmt {
+    advisory_common::protocol::held_statement(key, mode).into()
+}
+
 pub(crate) fn locks_stmt() -> LocksStmt {
     Stmt::new(None, None)
 }

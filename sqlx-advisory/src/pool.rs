@@ -1,7 +1,6 @@
 //! Session locks on a `PgPool`: [`LockExt`] for `&PgPool` and the owning [`PoolLockGuard`].
 
 use std::fmt;
-use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::driver::{self, CloseUnlessKept};
 use crate::error::{Error, classify};
-use crate::session::{LockExt, lock_methods, lock_on};
+use crate::session::{LockExt, lock_on};
 
 /// A session-level advisory lock held by a connection checked out of a `PgPool`; returned by the
 /// [`LockExt`] methods on `&PgPool`.
@@ -182,5 +181,5 @@ async fn acquire(
 impl LockExt for &PgPool {
     type Guard = PoolLockGuard;
 
-    lock_methods!(acquire, PoolLockGuard);
+    advisory_common::__lock_methods!(async acquire, Error);
 }

@@ -1,6 +1,5 @@
 //! Session-scope locks: the [`LockExt`] trait and its implementation for `&mut PgConnection`.
 
-use std::future::Future;
 use std::time::Duration;
 
 use advisory_common::Key;
@@ -58,129 +57,111 @@ pub trait LockExt: Sized + sealed::Sealed {
     /// The guard that holds a lock taken through this type.
     type Guard;
 
-    /// Take the exclusive lock on `key`, waiting as long as it takes.
-    ///
-    /// See the trait docs for who releases it and for cancel safety.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::LockExt;
-    /// let guard = pool.advisory_lock("orders:42").await?;
-    /// // ... the read-modify-write of order 42, on `guard` (a PgConnection) or any other ...
-    /// guard.release().await?;
-    /// # Ok(()) }
-    /// ```
-    fn advisory_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+    advisory_common::__lock_methods! { decl async Error;
+        /// Take the exclusive lock on `key`, waiting as long as it takes.
+        ///
+        /// See the trait docs for who releases it and for cancel safety.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use sqlx_advisory::LockExt;
+        /// let guard = pool.advisory_lock("orders:42").await?;
+        /// // ... the read-modify-write of order 42, on `guard` (a PgConnection) or any other ...
+        /// guard.release().await?;
+        /// # Ok(()) }
+        /// ```
+        advisory_lock(Exclusive, Block) -> Guard;
 
-    /// Take the shared lock on `key` (compatible with other shared holders, excludes exclusive
-    /// ones), waiting as long as it takes.
-    ///
-    /// See the trait docs for who releases it and for cancel safety.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::LockExt;
-    /// let a = pool.advisory_lock_shared(7_i64).await?;
-    /// let b = pool.advisory_lock_shared(7_i64).await?; // readers do not exclude each other
-    /// assert!(a.is_shared() && b.is_shared());
-    /// # Ok(()) }
-    /// ```
-    fn advisory_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+        /// Take the shared lock on `key` (compatible with other shared holders, excludes exclusive
+        /// ones), waiting as long as it takes.
+        ///
+        /// See the trait docs for who releases it and for cancel safety.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use sqlx_advisory::LockExt;
+        /// let a = pool.advisory_lock_shared(7_i64).await?;
+        /// let b = pool.advisory_lock_shared(7_i64).await?; // readers do not exclude each other
+        /// assert!(a.is_shared() && b.is_shared());
+        /// # Ok(()) }
+        /// ```
+        advisory_lock_shared(Shared, Block) -> Guard;
 
-    /// Take the exclusive lock on `key` if it is free right now (`pg_try_advisory_lock`); `None`
-    /// if another session holds it. Never waits for the lock.
-    ///
-    /// See the trait docs for who releases it and for cancel safety (a try is as much "in flight"
-    /// as a waiting acquire once sent).
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::LockExt;
-    /// let held = pool.advisory_lock((1, 99)).await?;
-    /// assert!(pool.try_advisory_lock((1, 99)).await?.is_none()); // another session
-    /// drop(held);
-    /// # Ok(()) }
-    /// ```
-    fn try_advisory_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send;
+        /// Take the exclusive lock on `key` if it is free right now (`pg_try_advisory_lock`); `None`
+        /// if another session holds it. Never waits for the lock.
+        ///
+        /// See the trait docs for who releases it and for cancel safety (a try is as much "in flight"
+        /// as a waiting acquire once sent).
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use sqlx_advisory::LockExt;
+        /// let held = pool.advisory_lock((1, 99)).await?;
+        /// assert!(pool.try_advisory_lock((1, 99)).await?.is_none()); // another session
+        /// drop(held);
+        /// # Ok(()) }
+        /// ```
+        try_advisory_lock(Exclusive, Try) -> Option;
 
-    /// Take the shared lock on `key` if no exclusive holder has it right now; never waits.
-    ///
-    /// See the trait docs for who releases it and for cancel safety.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::LockExt;
-    /// let mut conn = pool.acquire().await?;
-    /// let guard = conn.try_advisory_lock_shared("report").await?.expect("free");
-    /// drop(guard); // the unlock goes out at once
-    /// # Ok(()) }
-    /// ```
-    fn try_advisory_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send;
+        /// Take the shared lock on `key` if no exclusive holder has it right now; never waits.
+        ///
+        /// See the trait docs for who releases it and for cancel safety.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use sqlx_advisory::LockExt;
+        /// let mut conn = pool.acquire().await?;
+        /// let guard = conn.try_advisory_lock_shared("report").await?.expect("free");
+        /// drop(guard); // the unlock goes out at once
+        /// # Ok(()) }
+        /// ```
+        try_advisory_lock_shared(Shared, Try) -> Option;
 
-    /// Take the exclusive lock on `key`, waiting at most `timeout`, else [`Error::Timeout`].
-    ///
-    /// The wait is bounded by the server (`lock_timeout`) in one round trip; the session's own
-    /// `lock_timeout` is unchanged afterwards. Inside a transaction the attempt runs in a savepoint,
-    /// so a timeout does not abort the caller's transaction.
-    ///
-    /// [`Error::Timeout`] means the session does not hold the lock. PostgreSQL can raise
-    /// `lock_timeout` for a wait that was granted in the same instant and keep the lock (the
-    /// failed statement or rolled-back savepoint does not release a session lock), so a timeout is
-    /// followed by one more round trip asking `pg_locks` whether this session holds the key in
-    /// that mode; if it does, the call returns the guard instead. If that check itself fails, its
-    /// error is returned and the lock may be held (a pooled connection is closed instead).
-    ///
-    /// See the trait docs for who releases it and for cancel safety.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use std::time::Duration;
-    /// use sqlx_advisory::{Error, LockExt};
-    /// let held = pool.advisory_lock(-5_i64).await?;
-    /// let err = pool.advisory_lock_timeout(-5_i64, Duration::from_millis(50)).await.unwrap_err();
-    /// assert!(matches!(err, Error::Timeout { .. }));
-    /// # drop(held); Ok(()) }
-    /// ```
-    fn advisory_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+        /// Take the exclusive lock on `key`, waiting at most `timeout`, else [`Error::Timeout`].
+        ///
+        /// The wait is bounded by the server (`lock_timeout`) in one round trip; the session's own
+        /// `lock_timeout` is unchanged afterwards. Inside a transaction the attempt runs in a savepoint,
+        /// so a timeout does not abort the caller's transaction.
+        ///
+        /// [`Error::Timeout`] means the session does not hold the lock. PostgreSQL can raise
+        /// `lock_timeout` for a wait that was granted in the same instant and keep the lock (the
+        /// failed statement or rolled-back savepoint does not release a session lock), so a timeout is
+        /// followed by one more round trip asking `pg_locks` whether this session holds the key in
+        /// that mode; if it does, the call returns the guard instead. If that check itself fails, its
+        /// error is returned and the lock may be held (a pooled connection is closed instead).
+        ///
+        /// See the trait docs for who releases it and for cancel safety.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use std::time::Duration;
+        /// use sqlx_advisory::{Error, LockExt};
+        /// let held = pool.advisory_lock(-5_i64).await?;
+        /// let err = pool.advisory_lock_timeout(-5_i64, Duration::from_millis(50)).await.unwrap_err();
+        /// assert!(matches!(err, Error::Timeout { .. }));
+        /// # drop(held); Ok(()) }
+        /// ```
+        advisory_lock_timeout(Exclusive, Timeout, timeout) -> Guard;
 
-    /// Take the shared lock on `key`, waiting at most `timeout`, else [`Error::Timeout`]; as
-    /// [`advisory_lock_timeout`](Self::advisory_lock_timeout).
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use std::time::Duration;
-    /// use sqlx_advisory::LockExt;
-    /// let g = pool.advisory_lock_shared_timeout("cfg", Duration::from_secs(1)).await?;
-    /// g.release().await?;
-    /// # Ok(()) }
-    /// ```
-    fn advisory_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+        /// Take the shared lock on `key`, waiting at most `timeout`, else [`Error::Timeout`]; as
+        /// [`advisory_lock_timeout`](Self::advisory_lock_timeout).
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use std::time::Duration;
+        /// use sqlx_advisory::LockExt;
+        /// let g = pool.advisory_lock_shared_timeout("cfg", Duration::from_secs(1)).await?;
+        /// g.release().await?;
+        /// # Ok(()) }
+        /// ```
+        advisory_lock_shared_timeout(Shared, Timeout, timeout) -> Guard;
+    }
 }
 
 /// Run a session-scope acquire on `conn` from its `first` statement (see
@@ -277,76 +258,8 @@ async fn acquire(
     Ok(locked.then(|| LockGuard::new(conn, key, mode)))
 }
 
-/// A waiting acquire either grants the lock or fails; `None` only comes from a `try_`.
-pub(crate) fn granted<G>(g: Option<G>) -> G {
-    g.expect("a waiting acquire either grants the lock or fails")
-}
-
-/// The six acquire methods of a [`LockExt`] impl, forwarding to
-/// `$acquire(self, key, mode, wait, timeout) -> Result<Option<$guard>, Error>` (an `async fn`);
-/// the key is converted before the future is built. The same shape as diesel-advisory's
-/// `async_lock_methods!`.
-macro_rules! lock_methods {
-    ($acquire:path, $guard:ty) => {
-        fn advisory_lock(
-            self,
-            key: impl Into<Key>,
-        ) -> impl Future<Output = Result<$guard, Error>> + Send {
-            let fut = $acquire(self, key.into(), Mode::Exclusive, Wait::Block, None);
-            async move { fut.await.map($crate::session::granted) }
-        }
-
-        fn advisory_lock_shared(
-            self,
-            key: impl Into<Key>,
-        ) -> impl Future<Output = Result<$guard, Error>> + Send {
-            let fut = $acquire(self, key.into(), Mode::Shared, Wait::Block, None);
-            async move { fut.await.map($crate::session::granted) }
-        }
-
-        fn try_advisory_lock(
-            self,
-            key: impl Into<Key>,
-        ) -> impl Future<Output = Result<Option<$guard>, Error>> + Send {
-            $acquire(self, key.into(), Mode::Exclusive, Wait::Try, None)
-        }
-
-        fn try_advisory_lock_shared(
-            self,
-            key: impl Into<Key>,
-        ) -> impl Future<Output = Result<Option<$guard>, Error>> + Send {
-            $acquire(self, key.into(), Mode::Shared, Wait::Try, None)
-        }
-
-        fn advisory_lock_timeout(
-            self,
-            key: impl Into<Key>,
-            timeout: Duration,
-        ) -> impl Future<Output = Result<$guard, Error>> + Send {
-            let fut = $acquire(
-                self,
-                key.into(),
-                Mode::Exclusive,
-                Wait::Timeout,
-                Some(timeout),
-            );
-            async move { fut.await.map($crate::session::granted) }
-        }
-
-        fn advisory_lock_shared_timeout(
-            self,
-            key: impl Into<Key>,
-            timeout: Duration,
-        ) -> impl Future<Output = Result<$guard, Error>> + Send {
-            let fut = $acquire(self, key.into(), Mode::Shared, Wait::Timeout, Some(timeout));
-            async move { fut.await.map($crate::session::granted) }
-        }
-    };
-}
-pub(crate) use lock_methods;
-
 impl<'c> LockExt for &'c mut PgConnection {
     type Guard = LockGuard<'c>;
 
-    lock_methods!(acquire, LockGuard<'c>);
+    advisory_common::__lock_methods!(async acquire, Error);
 }

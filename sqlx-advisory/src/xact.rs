@@ -1,6 +1,5 @@
 //! Transaction-scope locks: the [`XactLockExt`] trait.
 
-use std::future::Future;
 use std::time::Duration;
 
 use advisory_common::Key;
@@ -30,105 +29,92 @@ use crate::error::{Error, from_failure, refused};
 /// connection's next use. A timed attempt cancelled mid-flight may leave its savepoint behind
 /// (and, if it then timed out on the server, the transaction aborted); roll back in that case.
 pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
-    /// Take the exclusive transaction lock on `key`, waiting as long as it takes.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::XactLockExt;
-    /// let mut tx = pool.begin().await?;
-    /// tx.xact_lock("orders:42").await?;
-    /// tx.commit().await?; // releases it
-    /// # Ok(()) }
-    /// ```
-    fn xact_lock(self, key: impl Into<Key>) -> impl Future<Output = Result<(), Error>> + Send;
+    advisory_common::__xact_methods! { decl async Error;
+        /// Take the exclusive transaction lock on `key`, waiting as long as it takes.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use sqlx_advisory::XactLockExt;
+        /// let mut tx = pool.begin().await?;
+        /// tx.xact_lock("orders:42").await?;
+        /// tx.commit().await?; // releases it
+        /// # Ok(()) }
+        /// ```
+        xact_lock(Exclusive, Block) -> Unit;
 
-    /// Take the shared transaction lock on `key`, waiting as long as it takes.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::{Error, XactLockExt};
-    /// let mut conn = pool.acquire().await?;
-    /// // not in a transaction: refused, nothing sent
-    /// assert!(matches!(conn.xact_lock_shared(1_i64).await, Err(Error::NotInTransaction { .. })));
-    /// let mut tx = pool.begin().await?;
-    /// tx.xact_lock_shared(1_i64).await?;
-    /// tx.rollback().await?; // also releases it
-    /// # Ok(()) }
-    /// ```
-    fn xact_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        /// Take the shared transaction lock on `key`, waiting as long as it takes.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use sqlx_advisory::{Error, XactLockExt};
+        /// let mut conn = pool.acquire().await?;
+        /// // not in a transaction: refused, nothing sent
+        /// assert!(matches!(conn.xact_lock_shared(1_i64).await, Err(Error::NotInTransaction { .. })));
+        /// let mut tx = pool.begin().await?;
+        /// tx.xact_lock_shared(1_i64).await?;
+        /// tx.rollback().await?; // also releases it
+        /// # Ok(()) }
+        /// ```
+        xact_lock_shared(Shared, Block) -> Unit;
 
-    /// Take the exclusive transaction lock on `key` if it is free right now; `false` if not. Never
-    /// waits, and a `false` leaves the transaction untouched.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::XactLockExt;
-    /// let mut tx = pool.begin().await?;
-    /// assert!(tx.try_xact_lock((5, 6)).await?);
-    /// tx.commit().await?;
-    /// # Ok(()) }
-    /// ```
-    fn try_xact_lock(self, key: impl Into<Key>)
-    -> impl Future<Output = Result<bool, Error>> + Send;
+        /// Take the exclusive transaction lock on `key` if it is free right now; `false` if not. Never
+        /// waits, and a `false` leaves the transaction untouched.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use sqlx_advisory::XactLockExt;
+        /// let mut tx = pool.begin().await?;
+        /// assert!(tx.try_xact_lock((5, 6)).await?);
+        /// tx.commit().await?;
+        /// # Ok(()) }
+        /// ```
+        try_xact_lock(Exclusive, Try) -> Bool;
 
-    /// Take the shared transaction lock on `key` if no exclusive holder has it right now.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use sqlx_advisory::XactLockExt;
-    /// let mut tx = pool.begin().await?;
-    /// assert!(tx.try_xact_lock_shared("cfg").await?);
-    /// # Ok(()) }
-    /// ```
-    fn try_xact_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+        /// Take the shared transaction lock on `key` if no exclusive holder has it right now.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use sqlx_advisory::XactLockExt;
+        /// let mut tx = pool.begin().await?;
+        /// assert!(tx.try_xact_lock_shared("cfg").await?);
+        /// # Ok(()) }
+        /// ```
+        try_xact_lock_shared(Shared, Try) -> Bool;
 
-    /// Take the exclusive transaction lock on `key`, waiting at most `timeout`, else
-    /// [`Error::Timeout`]. The attempt runs in a savepoint (one round trip), so a timeout leaves
-    /// the caller's transaction usable and its `lock_timeout` unchanged.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use std::time::Duration;
-    /// use sqlx_advisory::XactLockExt;
-    /// let mut tx = pool.begin().await?;
-    /// tx.xact_lock_timeout(11_i64, Duration::from_secs(2)).await?;
-    /// tx.commit().await?;
-    /// # Ok(()) }
-    /// ```
-    fn xact_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        /// Take the exclusive transaction lock on `key`, waiting at most `timeout`, else
+        /// [`Error::Timeout`]. The attempt runs in a savepoint (one round trip), so a timeout leaves
+        /// the caller's transaction usable and its `lock_timeout` unchanged.
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use std::time::Duration;
+        /// use sqlx_advisory::XactLockExt;
+        /// let mut tx = pool.begin().await?;
+        /// tx.xact_lock_timeout(11_i64, Duration::from_secs(2)).await?;
+        /// tx.commit().await?;
+        /// # Ok(()) }
+        /// ```
+        xact_lock_timeout(Exclusive, Timeout, timeout) -> Unit;
 
-    /// Take the shared transaction lock on `key`, waiting at most `timeout`; as
-    /// [`xact_lock_timeout`](Self::xact_lock_timeout).
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
-    /// use std::time::Duration;
-    /// use sqlx_advisory::XactLockExt;
-    /// let mut tx = pool.begin().await?;
-    /// tx.xact_lock_shared_timeout(11_i64, Duration::from_secs(2)).await?;
-    /// # Ok(()) }
-    /// ```
-    fn xact_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        /// Take the shared transaction lock on `key`, waiting at most `timeout`; as
+        /// [`xact_lock_timeout`](Self::xact_lock_timeout).
+        ///
+        /// ```
+        /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let pool = sqlx::PgPool::connect(advisory_harness::db().url()).await?;
+        /// use std::time::Duration;
+        /// use sqlx_advisory::XactLockExt;
+        /// let mut tx = pool.begin().await?;
+        /// tx.xact_lock_shared_timeout(11_i64, Duration::from_secs(2)).await?;
+        /// # Ok(()) }
+        /// ```
+        xact_lock_shared_timeout(Shared, Timeout, timeout) -> Unit;
+    }
 }
 
 async fn xact(
@@ -154,66 +140,5 @@ async fn xact(
 }
 
 impl XactLockExt for &mut PgConnection {
-    fn xact_lock(self, key: impl Into<Key>) -> impl Future<Output = Result<(), Error>> + Send {
-        let key = key.into();
-        async move {
-            xact(self, key, Mode::Exclusive, Wait::Block, None)
-                .await
-                .map(drop)
-        }
-    }
-
-    fn xact_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        let key = key.into();
-        async move {
-            xact(self, key, Mode::Shared, Wait::Block, None)
-                .await
-                .map(drop)
-        }
-    }
-
-    fn try_xact_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
-        let key = key.into();
-        xact(self, key, Mode::Exclusive, Wait::Try, None)
-    }
-
-    fn try_xact_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
-        let key = key.into();
-        xact(self, key, Mode::Shared, Wait::Try, None)
-    }
-
-    fn xact_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        let key = key.into();
-        async move {
-            xact(self, key, Mode::Exclusive, Wait::Timeout, Some(timeout))
-                .await
-                .map(drop)
-        }
-    }
-
-    fn xact_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        let key = key.into();
-        async move {
-            xact(self, key, Mode::Shared, Wait::Timeout, Some(timeout))
-                .await
-                .map(drop)
-        }
-    }
+    advisory_common::__xact_methods!(async xact, Error);
 }

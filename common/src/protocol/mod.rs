@@ -31,6 +31,7 @@
 //! walk every request through every answer sequence).
 
 mod acquire;
+mod methods;
 mod outcome;
 mod request;
 mod simple;
@@ -39,6 +40,8 @@ mod statement;
 mod tests;
 
 pub use acquire::{Acquire, Form};
+#[doc(hidden)]
+pub use methods::granted;
 pub use outcome::{After, Answer, Failure, Finish, Step};
 pub use request::{Refused, Request, begin_allowed, session_allowed, xact_allowed};
 pub use simple::{begin_statement, held, held_statement, release_statement, released};

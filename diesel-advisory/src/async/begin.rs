@@ -5,13 +5,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use advisory_common::Key;
-use advisory_common::sql::{Mode, ROLLBACK};
+use advisory_common::protocol::{self, Request};
+use advisory_common::sql::{Mode, ROLLBACK, Wait};
 use diesel::result::Error as DieselError;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
 use super::driver::{mark_broken, queue, transaction_depth};
-use crate::error::Error;
-use crate::request::{How, Request};
+use crate::error::{Error, classify};
 
 /// The closure bound of diesel-async's `AsyncConnection::transaction`, restated: an async
 /// closure taking the connection whose future is `Send`.
@@ -35,12 +35,53 @@ where
     type Fut = Fut;
 }
 
+/// The four methods, declared (`decl`, with their docs) and implemented (`impl`, forwarding to
+/// [`run`] with the key converted before the future is built): the signature is written here once.
+/// The async twin of `crate::sync::begin`'s `begin_methods!`.
+macro_rules! begin_methods {
+    (decl $($(#[$doc:meta])* $name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+        $(#[$doc])*
+        fn $name<R, E, F>(
+            self,
+            key: impl Into<Key>,
+            $($timeout: Duration,)?
+            f: F,
+        ) -> impl Future<Output = Result<R, E>> + Send
+        where
+            for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
+                + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
+                + Send,
+            E: From<Error> + From<DieselError> + Send,
+            R: Send;
+    )*};
+    (impl $($name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+        fn $name<R, E, F>(
+            self,
+            key: impl Into<Key>,
+            $($timeout: Duration,)?
+            f: F,
+        ) -> impl Future<Output = Result<R, E>> + Send
+        where
+            for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
+                + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
+                + Send,
+            E: From<Error> + From<DieselError> + Send,
+            R: Send,
+        {
+            let (wait, timeout) = begin_methods!(@wait $($timeout)?);
+            run(self, key.into(), Mode::$mode, wait, timeout, f)
+        }
+    )*};
+    (@wait) => { (Wait::Block, None) };
+    (@wait $timeout:ident) => { (Wait::Timeout, Some($timeout)) };
+}
+
 /// diesel-async's `conn.transaction(..)` that starts out holding a transaction-level advisory
 /// lock, with the lock and the `BEGIN` in **one round trip**: the one-call form of
 /// `conn.transaction(async |c| { c.xact_lock(k).await?; ... })`, which costs a round trip more.
 /// The mirror of `sqlx-advisory`'s `begin_with_xact_lock`.
 ///
-/// Implemented for `AsyncPgConnection`, and so reached from bb8 and deadpool checkouts by deref.
+/// Implemented for `&mut AsyncPgConnection`, and so reached from bb8 and deadpool checkouts by deref.
 /// `Ok` from the closure commits, `Err` rolls back; either releases the lock.
 ///
 /// * The statement sent instead of `BEGIN` is `SELECT pg_advisory_xact_lock(<key>); BEGIN`, one
@@ -107,157 +148,93 @@ where
 /// set (`AnsiTransactionManager::critical_transaction_block`), an interrupted closure leaves the
 /// transaction depth raised. Nothing ends the server-side transaction, which stays open, holding
 /// its locks, on a bare connection, and on a deadpool connection until its next recycle.
-pub trait AsyncBeginXactLockExt: crate::sealed::Sealed {
-    /// Run `f` in a transaction that holds `key` exclusively from its start, waiting as long as
-    /// it takes for the lock; COMMIT on `Ok`, ROLLBACK on `Err`.
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// let got = conn
-    ///     .transaction_with_xact_lock(7_i64, async |conn| conn.try_xact_lock(7_i64).await)
-    ///     .await?;
-    /// assert!(got, "re-entrant: the transaction already holds 7");
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn transaction_with_xact_lock<R, E, F>(
-        &mut self,
-        key: impl Into<Key>,
-        f: F,
-    ) -> impl Future<Output = Result<R, E>> + Send
-    where
-        for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
-            + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
-            + Send,
-        E: From<Error> + From<DieselError> + Send,
-        R: Send;
+pub trait AsyncBeginXactLockExt: Sized + crate::sealed::Sealed {
+    begin_methods! { decl
+        /// Run `f` in a transaction that holds `key` exclusively from its start, waiting as long as
+        /// it takes for the lock; COMMIT on `Ok`, ROLLBACK on `Err`.
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// let got = conn
+        ///     .transaction_with_xact_lock(7_i64, async |conn| conn.try_xact_lock(7_i64).await)
+        ///     .await?;
+        /// assert!(got, "re-entrant: the transaction already holds 7");
+        /// # Ok(())
+        /// # }
+        /// ```
+        transaction_with_xact_lock(Exclusive);
 
-    /// Run `f` in a transaction that holds `key` in shared mode from its start, waiting as long
-    /// as it takes.
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// conn.transaction_with_xact_lock_shared::<_, diesel::result::Error, _>("config", async |conn| {
-    ///     diesel::sql_query("SELECT 1").execute(conn).await?; // readers do not exclude each other
-    ///     Ok(())
-    /// })
-    /// .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn transaction_with_xact_lock_shared<R, E, F>(
-        &mut self,
-        key: impl Into<Key>,
-        f: F,
-    ) -> impl Future<Output = Result<R, E>> + Send
-    where
-        for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
-            + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
-            + Send,
-        E: From<Error> + From<DieselError> + Send,
-        R: Send;
+        /// Run `f` in a transaction that holds `key` in shared mode from its start, waiting as long
+        /// as it takes.
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// conn.transaction_with_xact_lock_shared::<_, diesel::result::Error, _>("config", async |conn| {
+        ///     diesel::sql_query("SELECT 1").execute(conn).await?; // readers do not exclude each other
+        ///     Ok(())
+        /// })
+        /// .await?;
+        /// # Ok(())
+        /// # }
+        /// ```
+        transaction_with_xact_lock_shared(Shared);
 
-    /// Run `f` in a transaction that holds `key` exclusively from its start, waiting at most
-    /// `timeout` for the lock (server-side `lock_timeout`, still one round trip). After that,
-    /// `E::from(`[`Error::Timeout`]`)`: the closure did not run and the connection is outside
-    /// any transaction, holding nothing, its `lock_timeout` unchanged.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// # let mut other = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// let _held = other.advisory_lock((4, 2)).await?; // another session holds (4, 2)
-    /// let r = conn
-    ///     .transaction_with_xact_lock_timeout((4, 2), Duration::from_millis(50), async |_| Ok(()))
-    ///     .await;
-    /// assert!(matches!(r, Err(diesel_advisory::Error::Timeout { .. })));
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn transaction_with_xact_lock_timeout<R, E, F>(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-        f: F,
-    ) -> impl Future<Output = Result<R, E>> + Send
-    where
-        for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
-            + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
-            + Send,
-        E: From<Error> + From<DieselError> + Send,
-        R: Send;
+        /// Run `f` in a transaction that holds `key` exclusively from its start, waiting at most
+        /// `timeout` for the lock (server-side `lock_timeout`, still one round trip). After that,
+        /// `E::from(`[`Error::Timeout`]`)`: the closure did not run and the connection is outside
+        /// any transaction, holding nothing, its `lock_timeout` unchanged.
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// # let mut other = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// let _held = other.advisory_lock((4, 2)).await?; // another session holds (4, 2)
+        /// let r = conn
+        ///     .transaction_with_xact_lock_timeout((4, 2), Duration::from_millis(50), async |_| Ok(()))
+        ///     .await;
+        /// assert!(matches!(r, Err(diesel_advisory::Error::Timeout { .. })));
+        /// # Ok(())
+        /// # }
+        /// ```
+        transaction_with_xact_lock_timeout(Exclusive, timeout);
 
-    /// Run `f` in a transaction that holds `key` in shared mode from its start, waiting at most
-    /// `timeout`; see [`AsyncBeginXactLockExt::transaction_with_xact_lock_timeout`].
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// let n = conn
-    ///     .transaction_with_xact_lock_shared_timeout("config", Duration::from_secs(1), async |_| {
-    ///         Ok::<_, diesel_advisory::Error>(42)
-    ///     })
-    ///     .await?;
-    /// assert_eq!(n, 42);
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn transaction_with_xact_lock_shared_timeout<R, E, F>(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-        f: F,
-    ) -> impl Future<Output = Result<R, E>> + Send
-    where
-        for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
-            + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
-            + Send,
-        E: From<Error> + From<DieselError> + Send,
-        R: Send;
+        /// Run `f` in a transaction that holds `key` in shared mode from its start, waiting at most
+        /// `timeout`; see [`AsyncBeginXactLockExt::transaction_with_xact_lock_timeout`].
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// let n = conn
+        ///     .transaction_with_xact_lock_shared_timeout("config", Duration::from_secs(1), async |_| {
+        ///         Ok::<_, diesel_advisory::Error>(42)
+        ///     })
+        ///     .await?;
+        /// assert_eq!(n, 42);
+        /// # Ok(())
+        /// # }
+        /// ```
+        transaction_with_xact_lock_shared_timeout(Shared, timeout);
+    }
 }
 
-/// The four methods, forwarding to `run` with the key converted before the future is built.
-macro_rules! begin_methods {
-    ($($name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
-        fn $name<R, E, F>(
-            &mut self,
-            key: impl Into<Key>,
-            $($timeout: Duration,)?
-            f: F,
-        ) -> impl Future<Output = Result<R, E>> + Send
-        where
-            for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
-                + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
-                + Send,
-            E: From<Error> + From<DieselError> + Send,
-            R: Send,
-        {
-            let how = begin_methods!(@how $($timeout)?);
-            run(self, Request::new(key.into(), Mode::$mode, how), f)
-        }
-    )*};
-    (@how) => { How::Block };
-    (@how $timeout:ident) => { How::Timeout($timeout) };
-}
-
-impl AsyncBeginXactLockExt for AsyncPgConnection {
-    begin_methods! {
+impl AsyncBeginXactLockExt for &mut AsyncPgConnection {
+    begin_methods! { impl
         transaction_with_xact_lock(Exclusive);
         transaction_with_xact_lock_shared(Shared);
         transaction_with_xact_lock_timeout(Exclusive, timeout);
@@ -295,7 +272,14 @@ impl Drop for RollbackOnDrop<'_> {
 /// diesel-async's `TransactionManager::transaction` (transaction_manager.rs) with the
 /// lock-then-`BEGIN` batch as the begin statement (`begin_transaction_sql`, as diesel-async's
 /// `TransactionBuilder::run` does), plus [`RollbackOnDrop`].
-async fn run<R, E, F>(conn: &mut AsyncPgConnection, req: Request, f: F) -> Result<R, E>
+async fn run<R, E, F>(
+    conn: &mut AsyncPgConnection,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
+    f: F,
+) -> Result<R, E>
 where
     for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
         + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
@@ -304,20 +288,21 @@ where
     R: Send,
 {
     if transaction_depth(conn)? > 0 {
-        return Err(Error::AlreadyInTransaction { key: req.key }.into());
+        return Err(Error::AlreadyInTransaction { key }.into());
     }
-    let sql = req.lock_then_begin()?;
+    let req = Request::new(key, mode, wait, timeout).map_err(Error::from)?;
+    let sql = protocol::begin_statement(&req);
     let mut armed = RollbackOnDrop {
         conn: Some(conn),
-        key: req.key,
+        key,
     };
     if let Err(e) = AnsiTransactionManager::begin_transaction_sql(armed.conn(), &sql).await {
         // The batch was answered: the server rolled its implicit block back and diesel-async's
         // depth was not raised, so both agree the connection is idle.
         armed.disarm();
-        return Err(req.classify(e).into());
+        return Err(classify(e, key, timeout).into());
     }
-    tracing::debug!(key = %req.key, mode = req.mode.as_str(), "transaction begun holding the advisory lock");
+    tracing::debug!(%key, mode = mode.as_str(), "transaction begun holding the advisory lock");
     let result = match f(armed.conn()).await {
         Ok(value) => match AnsiTransactionManager::commit_transaction(armed.conn()).await {
             Ok(()) => Ok(value),

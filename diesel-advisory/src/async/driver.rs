@@ -5,7 +5,7 @@ use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use advisory_common::protocol::{Acquire, After, Answer, Statement, Step};
+use advisory_common::protocol::{Acquire, After, Answer, Request, Statement, Step};
 use advisory_common::sql::{self, Mode, Scope};
 use advisory_common::{Key, LockInfo};
 use diesel::result::Error as DieselError;
@@ -14,9 +14,8 @@ use diesel_async::{
     TransactionManager,
 };
 
-use crate::error::{Error, kind_of};
-use crate::request::{Failed, Request, held_stmt, unlock_stmt};
-use crate::stmt::{BoolStmt, LocksRow, decode_locks, locks_stmt};
+use crate::error::{Error, Failed, kind_of};
+use crate::stmt::{BoolStmt, LocksRow, decode_locks, held_stmt, locks_stmt, unlock_stmt};
 
 /// diesel-async's own bookkeeping: how deep is the open transaction? No round trip.
 pub(crate) fn transaction_depth(conn: &mut AsyncPgConnection) -> Result<u32, Error> {
@@ -30,9 +29,9 @@ pub(crate) fn transaction_depth(conn: &mut AsyncPgConnection) -> Result<u32, Err
 /// sent): inside one, a guard could not release its lock once the transaction is aborted. A
 /// connection whose `BEGIN` / `COMMIT` / `ROLLBACK` was cancelled mid-flight (diesel-async cannot
 /// tell whether a transaction is open) is refused too.
-pub(crate) fn session_allowed(conn: &mut AsyncPgConnection, req: &Request) -> Result<(), Error> {
+pub(crate) fn session_allowed(conn: &mut AsyncPgConnection, key: Key) -> Result<(), Error> {
     if transaction_depth(conn)? > 0 {
-        return Err(Error::AlreadyInTransaction { key: req.key });
+        return Err(Error::AlreadyInTransaction { key });
     }
     if AnsiTransactionManager::is_broken_transaction_manager(conn) {
         return Err(Error::Database(DieselError::BrokenTransactionManager));
@@ -56,12 +55,11 @@ pub(crate) async fn lock(
     scope: Scope,
     req: &Request,
 ) -> Result<bool, Failed> {
-    let preq = req.validated()?;
     let acquire = match scope {
-        Scope::Session => Acquire::session(preq),
-        Scope::Transaction => Acquire::xact(preq),
+        Scope::Session => Acquire::session(*req),
+        Scope::Transaction => Acquire::xact(*req),
     };
-    run(conn, acquire, req, || {}).await
+    run(conn, acquire, || {}).await
 }
 
 /// Run an acquire's conversation to its end; `sent` is called once the acquire is on its way (see
@@ -69,10 +67,9 @@ pub(crate) async fn lock(
 pub(crate) async fn run(
     conn: &mut AsyncPgConnection,
     mut acquire: Acquire<DieselError>,
-    req: &Request,
     sent: impl FnOnce(),
 ) -> Result<bool, Failed> {
-    let preq = *acquire.request();
+    let req = *acquire.request();
     let mut answer = send(conn, acquire.start(), sent).await;
     let finish = loop {
         match acquire.answer(answer) {
@@ -81,13 +78,13 @@ pub(crate) async fn run(
         }
     };
     if finish.kept_at_timeout {
-        tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
+        tracing::debug!(key = %req.key(), "lock_timeout fired as the lock was granted; keeping it");
     }
     if finish.after == After::TransactionAborted {
-        tracing::warn!(key = %req.key, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
+        tracing::warn!(key = %req.key(), "could not roll back the lock attempt's savepoint; the transaction stays aborted");
     }
-    let locked = Failed::outcome(finish, &preq)?;
-    tracing::debug!(key = %req.key, mode = req.mode.as_str(), scope = ?acquire.scope(), form = ?acquire.form(), locked, "advisory lock");
+    let locked = Failed::outcome(finish, &req)?;
+    tracing::debug!(key = %req.key(), mode = req.mode().as_str(), scope = ?acquire.scope(), form = ?acquire.form(), locked, "advisory lock");
     Ok(locked)
 }
 

@@ -1,18 +1,16 @@
 //! Session-scope locks for diesel-async's `AsyncPgConnection`: [`AsyncLockExt`].
 
-use std::future::Future;
 use std::time::Duration;
 
 use advisory_common::Key;
-use advisory_common::protocol::Acquire;
-use advisory_common::sql::{Mode, Scope};
+use advisory_common::protocol::{Acquire, Request};
+use advisory_common::sql::{Mode, Scope, Wait};
 use diesel_async::AsyncPgConnection;
 
 use super::driver::{QueueUnlockOnDrop, lock, run, session_allowed};
 use super::guard::AsyncLockGuard;
 use super::holds;
-use crate::error::Error;
-use crate::request::{Failed, How, Request, async_lock_methods, granted};
+use crate::error::{Error, Failed};
 
 /// Session-scope advisory locks for diesel-async.
 ///
@@ -73,177 +71,162 @@ pub trait AsyncLockExt: Sized + crate::sealed::Sealed {
     /// The guard that holds the lock.
     type Guard;
 
-    /// Take `key` exclusively, waiting as long as it takes.
-    ///
-    /// # Cancel safety
-    ///
-    /// See the [trait docs](AsyncLockExt#cancel-safety): a dropped future never leaves a lock
-    /// behind with its guard gone (pool: checkout discarded and the wait cancelled on the
-    /// server; borrowed connection: the unlock is queued behind the lock).
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// let guard = conn.advisory_lock((7, 9)).await?;
-    /// assert_eq!(guard.key(), diesel_advisory::Key::Pair(7, 9));
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn advisory_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+    advisory_common::__lock_methods! { decl async Error;
+        /// Take `key` exclusively, waiting as long as it takes.
+        ///
+        /// # Cancel safety
+        ///
+        /// See the [trait docs](AsyncLockExt#cancel-safety): a dropped future never leaves a lock
+        /// behind with its guard gone (pool: checkout discarded and the wait cancelled on the
+        /// server; borrowed connection: the unlock is queued behind the lock).
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// let guard = conn.advisory_lock((7, 9)).await?;
+        /// assert_eq!(guard.key(), diesel_advisory::Key::Pair(7, 9));
+        /// # Ok(())
+        /// # }
+        /// ```
+        advisory_lock(Exclusive, Block) -> Guard;
 
-    /// Take `key` in shared mode, waiting as long as it takes.
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`AsyncLockExt::advisory_lock`].
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// assert!(conn.advisory_lock_shared("config").await?.is_shared());
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn advisory_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+        /// Take `key` in shared mode, waiting as long as it takes.
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`AsyncLockExt::advisory_lock`].
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// assert!(conn.advisory_lock_shared("config").await?.is_shared());
+        /// # Ok(())
+        /// # }
+        /// ```
+        advisory_lock_shared(Shared, Block) -> Guard;
 
-    /// Try to take `key` exclusively without waiting: `None` if another session holds it.
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`AsyncLockExt::advisory_lock`] (the statement never waits, so a borrowed connection is
-    /// free again as soon as the queued unlock ran).
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// if let Some(guard) = conn.try_advisory_lock("nightly-report").await? {
-    ///     guard.release().await?;
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn try_advisory_lock(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send;
+        /// Try to take `key` exclusively without waiting: `None` if another session holds it.
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`AsyncLockExt::advisory_lock`] (the statement never waits, so a borrowed connection is
+        /// free again as soon as the queued unlock ran).
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// if let Some(guard) = conn.try_advisory_lock("nightly-report").await? {
+        ///     guard.release().await?;
+        /// }
+        /// # Ok(())
+        /// # }
+        /// ```
+        try_advisory_lock(Exclusive, Try) -> Option;
 
-    /// Try to take `key` in shared mode without waiting.
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`AsyncLockExt::try_advisory_lock`].
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// assert!(conn.try_advisory_lock_shared(1_i64).await?.is_some());
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn try_advisory_lock_shared(
-        self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<Option<Self::Guard>, Error>> + Send;
+        /// Try to take `key` in shared mode without waiting.
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`AsyncLockExt::try_advisory_lock`].
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// assert!(conn.try_advisory_lock_shared(1_i64).await?.is_some());
+        /// # Ok(())
+        /// # }
+        /// ```
+        try_advisory_lock_shared(Shared, Try) -> Option;
 
-    /// Take `key` exclusively, waiting at most `timeout` (server-side `lock_timeout`, one round
-    /// trip; [`Error::Timeout`] after that; `lock_timeout` unchanged afterwards).
-    ///
-    /// A timeout is checked against `pg_locks` (PostgreSQL can grant the lock in the instant it
-    /// raises the timeout: the guard is then returned). If that check fails, the outcome is
-    /// unknown and the check's error is returned: a pool checkout is discarded, on a borrowed
-    /// connection the unlock is queued.
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`AsyncLockExt::advisory_lock`].
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// let guard = conn.advisory_lock_timeout("orders:42", Duration::from_secs(5)).await?;
-    /// # drop(guard);
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn advisory_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+        /// Take `key` exclusively, waiting at most `timeout` (server-side `lock_timeout`, one round
+        /// trip; [`Error::Timeout`] after that; `lock_timeout` unchanged afterwards).
+        ///
+        /// A timeout is checked against `pg_locks` (PostgreSQL can grant the lock in the instant it
+        /// raises the timeout: the guard is then returned). If that check fails, the outcome is
+        /// unknown and the check's error is returned: a pool checkout is discarded, on a borrowed
+        /// connection the unlock is queued.
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`AsyncLockExt::advisory_lock`].
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// let guard = conn.advisory_lock_timeout("orders:42", Duration::from_secs(5)).await?;
+        /// # drop(guard);
+        /// # Ok(())
+        /// # }
+        /// ```
+        advisory_lock_timeout(Exclusive, Timeout, timeout) -> Guard;
 
-    /// Take `key` in shared mode, waiting at most `timeout`; see
-    /// [`AsyncLockExt::advisory_lock_timeout`].
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`AsyncLockExt::advisory_lock_timeout`].
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// let guard = conn.advisory_lock_shared_timeout(5_i64, Duration::from_millis(200)).await?;
-    /// # drop(guard);
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn advisory_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Self::Guard, Error>> + Send;
+        /// Take `key` in shared mode, waiting at most `timeout`; see
+        /// [`AsyncLockExt::advisory_lock_timeout`].
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`AsyncLockExt::advisory_lock_timeout`].
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// let guard = conn.advisory_lock_shared_timeout(5_i64, Duration::from_millis(200)).await?;
+        /// # drop(guard);
+        /// # Ok(())
+        /// # }
+        /// ```
+        advisory_lock_shared_timeout(Shared, Timeout, timeout) -> Guard;
+    }
 }
 
 impl<'c> AsyncLockExt for &'c mut AsyncPgConnection {
     type Guard = AsyncLockGuard<'c>;
 
-    async_lock_methods!(acquire_borrowed);
+    advisory_common::__lock_methods!(async acquire_borrowed, Error);
 }
 
 async fn acquire_borrowed(
     conn: &mut AsyncPgConnection,
-    req: Request,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
 ) -> Result<Option<AsyncLockGuard<'_>>, Error> {
-    req.validated()?;
-    session_allowed(conn, &req)?;
-    let locked = if holds::holders(req.key, req.mode) == 0 {
+    let req = Request::new(key, mode, wait, timeout)?;
+    session_allowed(conn, key)?;
+    let locked = if holds::holders(key, mode) == 0 {
         lock_armed_early(conn, &req).await?
     } else {
         lock_armed_on_the_wire(conn, &req).await?
     };
-    Ok(locked.then(|| AsyncLockGuard::new(conn, req.key, req.mode)))
+    Ok(locked.then(|| AsyncLockGuard::new(conn, key, mode)))
 }
 
 /// No other live guard of the process holds the key in this mode, so the session holds it
 /// through none: the prepared statement, with the unlock armed before it may be sent (an unlock
 /// behind a request that never left finds nothing a guard owns).
 async fn lock_armed_early(conn: &mut AsyncPgConnection, req: &Request) -> Result<bool, Error> {
-    let mut pending = QueueUnlockOnDrop::new(conn, req.key, req.mode, true);
+    let mut pending = QueueUnlockOnDrop::new(conn, req.key(), req.mode(), true);
     match lock(pending.conn(), Scope::Session, req).await {
         // unknown outcome: `pending` queues the unlock (exact: see `Failed::maybe_held`)
         Err(Failed {
@@ -264,12 +247,12 @@ async fn lock_armed_on_the_wire(
     conn: &mut AsyncPgConnection,
     req: &Request,
 ) -> Result<bool, Error> {
-    let acquire = Acquire::session_literal(req.validated()?);
-    let mut pending = QueueUnlockOnDrop::new(conn, req.key, req.mode, false);
+    let acquire = Acquire::session_literal(*req);
+    let mut pending = QueueUnlockOnDrop::new(conn, req.key(), req.mode(), false);
     let outcome = {
         let QueueUnlockOnDrop { conn, armed, .. } = &mut pending;
         let conn = conn.as_deref_mut().expect("present until dropped");
-        run(conn, acquire, req, || *armed = true).await
+        run(conn, acquire, || *armed = true).await
     };
     match outcome {
         // unknown outcome: `pending` queues the unlock

@@ -1,15 +1,14 @@
 //! Transaction-scope locks for diesel-async's `AsyncPgConnection`: [`AsyncXactLockExt`].
 
-use std::future::Future;
 use std::time::Duration;
 
 use advisory_common::Key;
-use advisory_common::sql::{Mode, Scope};
+use advisory_common::protocol::Request;
+use advisory_common::sql::{Mode, Scope, Wait};
 use diesel_async::AsyncPgConnection;
 
 use super::driver::{lock, transaction_depth};
 use crate::error::Error;
-use crate::request::{How, Request};
 
 /// Transaction-scope advisory locks for diesel-async, for use inside
 /// `conn.transaction(async |conn| ...)`.
@@ -43,166 +42,115 @@ use crate::request::{How, Request};
 /// transaction and is released when it ends; a waiting `xact_lock` keeps the connection busy until
 /// granted. Dropping a diesel-async `transaction(..)` future leaves its transaction open, which
 /// makes pools discard the connection (closing the session ends the transaction).
-pub trait AsyncXactLockExt: crate::sealed::Sealed {
-    /// Take `key` exclusively until the transaction ends, waiting as long as it takes.
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// conn.transaction(async |conn| conn.xact_lock(3_i64).await).await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn xact_lock(&mut self, key: impl Into<Key>) -> impl Future<Output = Result<(), Error>> + Send;
+pub trait AsyncXactLockExt: Sized + crate::sealed::Sealed {
+    advisory_common::__xact_methods! { decl async Error;
+        /// Take `key` exclusively until the transaction ends, waiting as long as it takes.
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// conn.transaction(async |conn| conn.xact_lock(3_i64).await).await?;
+        /// # Ok(())
+        /// # }
+        /// ```
+        xact_lock(Exclusive, Block) -> Unit;
 
-    /// Take `key` in shared mode until the transaction ends, waiting as long as it takes.
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// conn.transaction(async |conn| conn.xact_lock_shared("config").await).await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn xact_lock_shared(
-        &mut self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        /// Take `key` in shared mode until the transaction ends, waiting as long as it takes.
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// conn.transaction(async |conn| conn.xact_lock_shared("config").await).await?;
+        /// # Ok(())
+        /// # }
+        /// ```
+        xact_lock_shared(Shared, Block) -> Unit;
 
-    /// Try to take `key` exclusively until the transaction ends: `false` if another session holds
-    /// it.
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// assert!(conn.transaction(async |conn| conn.try_xact_lock((1, 2)).await).await?);
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn try_xact_lock(
-        &mut self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+        /// Try to take `key` exclusively until the transaction ends: `false` if another session holds
+        /// it.
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// assert!(conn.transaction(async |conn| conn.try_xact_lock((1, 2)).await).await?);
+        /// # Ok(())
+        /// # }
+        /// ```
+        try_xact_lock(Exclusive, Try) -> Bool;
 
-    /// Try to take `key` in shared mode until the transaction ends.
-    ///
-    /// ```
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// assert!(conn.transaction(async |conn| conn.try_xact_lock_shared((1, 3)).await).await?);
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn try_xact_lock_shared(
-        &mut self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+        /// Try to take `key` in shared mode until the transaction ends.
+        ///
+        /// ```
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// assert!(conn.transaction(async |conn| conn.try_xact_lock_shared((1, 3)).await).await?);
+        /// # Ok(())
+        /// # }
+        /// ```
+        try_xact_lock_shared(Shared, Try) -> Bool;
 
-    /// Take `key` exclusively until the transaction ends, waiting at most `timeout`; the attempt
-    /// runs in a savepoint, so [`Error::Timeout`] leaves your transaction usable.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// conn.transaction(async |conn| conn.xact_lock_timeout("k", Duration::from_secs(1)).await)
-    ///     .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn xact_lock_timeout(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        /// Take `key` exclusively until the transaction ends, waiting at most `timeout`; the attempt
+        /// runs in a savepoint, so [`Error::Timeout`] leaves your transaction usable.
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// conn.transaction(async |conn| conn.xact_lock_timeout("k", Duration::from_secs(1)).await)
+        ///     .await?;
+        /// # Ok(())
+        /// # }
+        /// ```
+        xact_lock_timeout(Exclusive, Timeout, timeout) -> Unit;
 
-    /// Take `key` in shared mode until the transaction ends, waiting at most `timeout`.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
-    /// # use diesel_advisory::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
-    /// conn.transaction(async |conn| conn.xact_lock_shared_timeout(8_i64, Duration::from_millis(100)).await)
-    ///     .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    fn xact_lock_shared_timeout(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
-}
-
-impl AsyncXactLockExt for AsyncPgConnection {
-    fn xact_lock(&mut self, key: impl Into<Key>) -> impl Future<Output = Result<(), Error>> + Send {
-        let req = Request::new(key.into(), Mode::Exclusive, How::Block);
-        async move { xact(self, req).await.map(drop) }
-    }
-
-    fn xact_lock_shared(
-        &mut self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        let req = Request::new(key.into(), Mode::Shared, How::Block);
-        async move { xact(self, req).await.map(drop) }
-    }
-
-    fn try_xact_lock(
-        &mut self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
-        xact(self, Request::new(key.into(), Mode::Exclusive, How::Try))
-    }
-
-    fn try_xact_lock_shared(
-        &mut self,
-        key: impl Into<Key>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
-        xact(self, Request::new(key.into(), Mode::Shared, How::Try))
-    }
-
-    fn xact_lock_timeout(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        let req = Request::new(key.into(), Mode::Exclusive, How::Timeout(timeout));
-        async move { xact(self, req).await.map(drop) }
-    }
-
-    fn xact_lock_shared_timeout(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        let req = Request::new(key.into(), Mode::Shared, How::Timeout(timeout));
-        async move { xact(self, req).await.map(drop) }
+        /// Take `key` in shared mode until the transaction ends, waiting at most `timeout`.
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel_async::{AsyncConnection, AsyncPgConnection};
+        /// # use diesel_advisory::prelude::*;
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # let mut conn = AsyncPgConnection::establish(advisory_harness::db().url()).await?;
+        /// conn.transaction(async |conn| conn.xact_lock_shared_timeout(8_i64, Duration::from_millis(100)).await)
+        ///     .await?;
+        /// # Ok(())
+        /// # }
+        /// ```
+        xact_lock_shared_timeout(Shared, Timeout, timeout) -> Unit;
     }
 }
 
-async fn xact(conn: &mut AsyncPgConnection, req: Request) -> Result<bool, Error> {
+impl AsyncXactLockExt for &mut AsyncPgConnection {
+    advisory_common::__xact_methods!(async xact, Error);
+}
+
+async fn xact(
+    conn: &mut AsyncPgConnection,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
+) -> Result<bool, Error> {
     if transaction_depth(conn)? == 0 {
-        return Err(Error::NotInTransaction { key: req.key });
+        return Err(Error::NotInTransaction { key });
     }
+    let req = Request::new(key, mode, wait, timeout)?;
     lock(conn, Scope::Transaction, &req)
         .await
         .map_err(|failed| failed.error)

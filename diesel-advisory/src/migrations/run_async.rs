@@ -1,6 +1,7 @@
 //! [`MigrationLock::run_pending_async`]: the diesel-async runner.
 
-use advisory_common::sql::{Mode, Scope};
+use advisory_common::protocol::Request;
+use advisory_common::sql::{Mode, Scope, Wait};
 use diesel::migration::{MigrationSource, MigrationVersion};
 use diesel::pg::Pg;
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
@@ -10,7 +11,6 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use super::{MigrationError, MigrationLock, owned};
 use crate::r#async::driver::{lock, session_allowed, unlock};
 use crate::error::Error;
-use crate::request::{How, Request};
 
 impl MigrationLock {
     /// [`MigrationLock::run_pending`] for diesel-async: take the lock on `conn` (session scope),
@@ -50,9 +50,9 @@ impl MigrationLock {
         if !matches!(flavor, Ok(RuntimeFlavor::MultiThread)) {
             return Err(MigrationError::CurrentThreadRuntime);
         }
-        let how = self.timeout.map_or(How::Block, How::Timeout);
-        let req = Request::new(self.key, Mode::Exclusive, how);
-        session_allowed(&mut conn, &req).map_err(MigrationError::Lock)?;
+        let req = Request::new(self.key, Mode::Exclusive, Wait::Timeout, self.timeout)
+            .map_err(|e| MigrationError::Lock(e.into()))?;
+        session_allowed(&mut conn, self.key).map_err(MigrationError::Lock)?;
         // no guard: the connection is owned here, and dropping it (error, cancellation) ends the
         // session, which releases whatever it holds
         match lock(&mut conn, Scope::Session, &req).await {

@@ -1,9 +1,9 @@
 //! The bb8 pool guard: [`Bb8LockGuard`].
 
-use std::future::Future;
 use std::time::Duration;
 
-use advisory_common::sql::Mode;
+use advisory_common::protocol::Request;
+use advisory_common::sql::{Mode, Wait};
 use advisory_common::{Key, LockInfo};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
@@ -14,7 +14,6 @@ use crate::r#async::driver::{locks, mark_broken};
 use crate::r#async::inspect::AsyncAdvisoryLocksExt;
 use crate::r#async::session::AsyncLockExt;
 use crate::error::Error;
-use crate::request::{How, Request, async_lock_methods, granted};
 
 type Bb8Conn = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
@@ -84,14 +83,17 @@ impl AsyncAdvisoryLocksExt for &Pool<AsyncPgConnection> {
 impl AsyncLockExt for &Pool<AsyncPgConnection> {
     type Guard = Bb8LockGuard;
 
-    async_lock_methods!(acquire_bb8);
+    advisory_common::__lock_methods!(async acquire_bb8, Error);
 }
 
 async fn acquire_bb8(
     pool: &Pool<AsyncPgConnection>,
-    req: Request,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
 ) -> Result<Option<Bb8LockGuard>, Error> {
-    req.validated()?;
+    let req = Request::new(key, mode, wait, timeout)?;
     let conn = pool.get_owned().await.map_err(Error::pool)?;
     acquire(conn, req).await
 }

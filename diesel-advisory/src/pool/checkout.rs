@@ -5,14 +5,14 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 
 use advisory_common::Key;
+use advisory_common::protocol::Request;
 use advisory_common::sql::{Mode, Scope};
 use diesel_async::AsyncPgConnection;
 use tokio::runtime::Handle;
 
 use crate::r#async::driver::{held, lock, session_allowed, unlock};
 use crate::r#async::holds::Hold;
-use crate::error::Error;
-use crate::request::{Failed, Request};
+use crate::error::{Error, Failed};
 
 /// An owned, `'static` pool checkout of an `AsyncPgConnection`: bb8's `PooledConnection` or
 /// deadpool's `Object`. Implemented by this crate only (its module is private).
@@ -67,13 +67,13 @@ pub(crate) async fn acquire<C: Checkout>(
     mut conn: C,
     req: Request,
 ) -> Result<Option<AsyncPoolLockGuard<C>>, Error> {
-    session_allowed(&mut conn, &req)?;
+    session_allowed(&mut conn, req.key())?;
     let handle = Handle::try_current().ok();
     let cancel = handle.clone().map(|h| (h, conn.cancel_token()));
     let mut armed = DiscardOnDrop {
         conn: Some(conn),
         cancel,
-        key: req.key,
+        key: req.key(),
     };
     let locked = match lock(armed.conn(), Scope::Session, &req).await {
         // `armed` discards the checkout on the way out
@@ -87,10 +87,10 @@ pub(crate) async fn acquire<C: Checkout>(
     let conn = armed.disarm();
     Ok(locked?.then(|| AsyncPoolLockGuard {
         conn: Some(conn),
-        key: req.key,
-        mode: req.mode,
+        key: req.key(),
+        mode: req.mode(),
         handle,
-        _hold: Hold::new(req.key, req.mode),
+        _hold: Hold::new(req.key(), req.mode()),
     }))
 }
 

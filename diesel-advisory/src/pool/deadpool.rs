@@ -1,9 +1,9 @@
 //! The deadpool pool guard: [`DeadpoolLockGuard`].
 
-use std::future::Future;
 use std::time::Duration;
 
-use advisory_common::sql::Mode;
+use advisory_common::protocol::Request;
+use advisory_common::sql::{Mode, Wait};
 use advisory_common::{Key, LockInfo};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
@@ -13,7 +13,6 @@ use crate::r#async::driver::{locks, mark_broken};
 use crate::r#async::inspect::AsyncAdvisoryLocksExt;
 use crate::r#async::session::AsyncLockExt;
 use crate::error::Error;
-use crate::request::{How, Request, async_lock_methods, granted};
 
 type DeadpoolConn = Object<AsyncPgConnection>;
 
@@ -76,14 +75,17 @@ impl AsyncAdvisoryLocksExt for &Pool<AsyncPgConnection> {
 impl AsyncLockExt for &Pool<AsyncPgConnection> {
     type Guard = DeadpoolLockGuard;
 
-    async_lock_methods!(acquire_deadpool);
+    advisory_common::__lock_methods!(async acquire_deadpool, Error);
 }
 
 async fn acquire_deadpool(
     pool: &Pool<AsyncPgConnection>,
-    req: Request,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
 ) -> Result<Option<DeadpoolLockGuard>, Error> {
-    req.validated()?;
+    let req = Request::new(key, mode, wait, timeout)?;
     let conn = pool.get().await.map_err(Error::pool)?;
     acquire(conn, req).await
 }

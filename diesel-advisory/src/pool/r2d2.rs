@@ -3,13 +3,13 @@
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use advisory_common::sql::{Mode, Scope};
+use advisory_common::protocol::Request;
+use advisory_common::sql::{Mode, Scope, Wait};
 use advisory_common::{Key, LockInfo, LockMode};
 use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
 use crate::error::Error;
-use crate::request::{How, Request, granted, sync_lock_methods};
 use crate::sync::driver::{lock, locks, mark_broken, session_allowed};
 use crate::sync::guard::Held;
 use crate::sync::inspect::AdvisoryLocksExt;
@@ -103,7 +103,7 @@ impl AdvisoryLocksExt for &Pool<ConnectionManager<PgConnection>> {
 impl LockExt for &Pool<ConnectionManager<PgConnection>> {
     type Guard = R2d2LockGuard;
 
-    sync_lock_methods!(acquire_r2d2);
+    advisory_common::__lock_methods!(sync acquire_r2d2, Error);
 }
 
 /// Check out, then lock. A connection whose acquire failed goes back to the pool (a failed or
@@ -112,16 +112,19 @@ impl LockExt for &Pool<ConnectionManager<PgConnection>> {
 /// is marked broken, so r2d2 discards it.
 fn acquire_r2d2(
     pool: &Pool<ConnectionManager<PgConnection>>,
-    req: Request,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
 ) -> Result<Option<R2d2LockGuard>, Error> {
-    req.validated()?;
+    let req = Request::new(key, mode, wait, timeout)?;
     let mut conn = pool.get().map_err(Error::pool)?;
-    session_allowed(&mut conn, &req)?;
+    session_allowed(&mut conn, key)?;
     match lock(&mut conn, Scope::Session, &req) {
-        Ok(locked) => Ok(locked.then(|| R2d2LockGuard(Held::new(conn, req.key, req.mode)))),
+        Ok(locked) => Ok(locked.then(|| R2d2LockGuard(Held::new(conn, key, mode)))),
         Err(failed) => {
             if failed.maybe_held {
-                tracing::warn!(key = %req.key, "timed acquire of unknown outcome; discarding the connection");
+                tracing::warn!(%key, "timed acquire of unknown outcome; discarding the connection");
                 mark_broken(&mut conn);
             }
             Err(failed.error)

@@ -2,16 +2,15 @@
 //! the server through diesel's `PgConnection` and its reply comes back, and what diesel's own
 //! transaction bookkeeping says about the connection.
 
-use advisory_common::protocol::{Acquire, After, Answer, Finish, Statement, Step};
+use advisory_common::protocol::{Acquire, After, Answer, Finish, Request, Statement, Step};
 use advisory_common::sql::{Mode, Scope};
 use advisory_common::{Key, LockInfo};
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::result::Error as DieselError;
 use diesel::{PgConnection, RunQueryDsl};
 
-use crate::error::{Error, kind_of};
-use crate::request::{Failed, Request, held_stmt, unlock_stmt};
-use crate::stmt::{BoolStmt, LocksRow, decode_locks, locks_stmt};
+use crate::error::{Error, Failed, kind_of};
+use crate::stmt::{BoolStmt, LocksRow, decode_locks, held_stmt, locks_stmt, unlock_stmt};
 
 /// diesel's own bookkeeping: is a transaction (or savepoint) open? No round trip.
 pub(crate) fn transaction_depth(conn: &mut PgConnection) -> Result<u32, Error> {
@@ -23,9 +22,9 @@ pub(crate) fn transaction_depth(conn: &mut PgConnection) -> Result<u32, Error> {
 
 /// Session locks are taken outside transactions only: inside one, a guard could not release its
 /// lock once the transaction is aborted ([`Error::AlreadyInTransaction`], nothing sent).
-pub(crate) fn session_allowed(conn: &mut PgConnection, req: &Request) -> Result<(), Error> {
+pub(crate) fn session_allowed(conn: &mut PgConnection, key: Key) -> Result<(), Error> {
     if transaction_depth(conn)? > 0 {
-        return Err(Error::AlreadyInTransaction { key: req.key });
+        return Err(Error::AlreadyInTransaction { key });
     }
     Ok(())
 }
@@ -35,21 +34,20 @@ pub(crate) fn session_allowed(conn: &mut PgConnection, req: &Request) -> Result<
 /// there); `Ok(true)` when granted. A failed post-timeout check is reported in
 /// [`Failed::maybe_held`].
 pub(crate) fn lock(conn: &mut PgConnection, scope: Scope, req: &Request) -> Result<bool, Failed> {
-    let preq = req.validated()?;
     let mut acquire = match scope {
-        Scope::Session => Acquire::session(preq),
-        Scope::Transaction => Acquire::xact(preq),
+        Scope::Session => Acquire::session(*req),
+        Scope::Transaction => Acquire::xact(*req),
     };
     let first = acquire.start();
     let finish = drive(conn, &mut acquire, first);
     if finish.kept_at_timeout {
-        tracing::debug!(key = %req.key, "lock_timeout fired as the lock was granted; keeping it");
+        tracing::debug!(key = %req.key(), "lock_timeout fired as the lock was granted; keeping it");
     }
     if finish.after == After::TransactionAborted {
-        tracing::warn!(key = %req.key, "could not roll back the lock attempt's savepoint; the transaction stays aborted");
+        tracing::warn!(key = %req.key(), "could not roll back the lock attempt's savepoint; the transaction stays aborted");
     }
-    let locked = Failed::outcome(finish, &preq)?;
-    tracing::debug!(key = %req.key, mode = req.mode.as_str(), ?scope, locked, "advisory lock");
+    let locked = Failed::outcome(finish, req)?;
+    tracing::debug!(key = %req.key(), mode = req.mode().as_str(), ?scope, locked, "advisory lock");
     Ok(locked)
 }
 

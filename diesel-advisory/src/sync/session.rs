@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use advisory_common::Key;
-use advisory_common::sql::{Mode, Scope};
+use advisory_common::protocol::Request;
+use advisory_common::sql::{Mode, Scope, Wait};
 use diesel::PgConnection;
 
 use super::driver::{lock, mark_broken, session_allowed, unlock};
 use super::guard::LockGuard;
-use crate::error::Error;
-use crate::request::{Failed, How, Request, granted, sync_lock_methods};
+use crate::error::{Error, Failed};
 
 /// Session-scope advisory locks for diesel's sync API.
 ///
@@ -59,133 +59,134 @@ pub trait LockExt: Sized + crate::sealed::Sealed {
     /// The guard that holds the lock.
     type Guard;
 
-    /// Take `key` exclusively, waiting as long as it takes.
-    ///
-    /// One prepared, cached statement (`pg_advisory_lock`); the lock is released by the guard
-    /// (release or drop) or when the session ends.
-    ///
-    /// # Cancel safety
-    ///
-    /// Sync: nothing to cancel. Drop of the guard releases the lock synchronously; see
-    /// [`LockGuard`] for what happens if that unlock fails.
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// let guard = conn.advisory_lock((7, 9))?;
-    /// assert_eq!(guard.key(), diesel_advisory::Key::Pair(7, 9));
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn advisory_lock(self, key: impl Into<Key>) -> Result<Self::Guard, Error>;
+    advisory_common::__lock_methods! { decl sync Error;
+        /// Take `key` exclusively, waiting as long as it takes.
+        ///
+        /// One prepared, cached statement (`pg_advisory_lock`); the lock is released by the guard
+        /// (release or drop) or when the session ends.
+        ///
+        /// # Cancel safety
+        ///
+        /// Sync: nothing to cancel. Drop of the guard releases the lock synchronously; see
+        /// [`LockGuard`] for what happens if that unlock fails.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// let guard = conn.advisory_lock((7, 9))?;
+        /// assert_eq!(guard.key(), diesel_advisory::Key::Pair(7, 9));
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        advisory_lock(Exclusive, Block) -> Guard;
 
-    /// Take `key` in shared mode (conflicts only with exclusive holders), waiting as long as it
-    /// takes. Released like [`LockExt::advisory_lock`].
-    ///
-    /// # Cancel safety
-    ///
-    /// Sync: nothing to cancel; the guard's drop releases synchronously.
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// let guard = conn.advisory_lock_shared("config")?;
-    /// assert!(guard.is_shared());
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn advisory_lock_shared(self, key: impl Into<Key>) -> Result<Self::Guard, Error>;
+        /// Take `key` in shared mode (conflicts only with exclusive holders), waiting as long as it
+        /// takes. Released like [`LockExt::advisory_lock`].
+        ///
+        /// # Cancel safety
+        ///
+        /// Sync: nothing to cancel; the guard's drop releases synchronously.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// let guard = conn.advisory_lock_shared("config")?;
+        /// assert!(guard.is_shared());
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        advisory_lock_shared(Shared, Block) -> Guard;
 
-    /// Try to take `key` exclusively without waiting: `None` if another session holds it.
-    ///
-    /// # Cancel safety
-    ///
-    /// Sync: nothing to cancel; the guard's drop releases synchronously.
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// match conn.try_advisory_lock("nightly-report")? {
-    ///     Some(guard) => guard.release()?,
-    ///     None => println!("someone else is running it"),
-    /// }
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn try_advisory_lock(self, key: impl Into<Key>) -> Result<Option<Self::Guard>, Error>;
+        /// Try to take `key` exclusively without waiting: `None` if another session holds it.
+        ///
+        /// # Cancel safety
+        ///
+        /// Sync: nothing to cancel; the guard's drop releases synchronously.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// match conn.try_advisory_lock("nightly-report")? {
+        ///     Some(guard) => guard.release()?,
+        ///     None => println!("someone else is running it"),
+        /// }
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        try_advisory_lock(Exclusive, Try) -> Option;
 
-    /// Try to take `key` in shared mode without waiting: `None` if an exclusive holder exists.
-    ///
-    /// # Cancel safety
-    ///
-    /// Sync: nothing to cancel; the guard's drop releases synchronously.
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// assert!(conn.try_advisory_lock_shared(1_i64)?.is_some());
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn try_advisory_lock_shared(self, key: impl Into<Key>) -> Result<Option<Self::Guard>, Error>;
+        /// Try to take `key` in shared mode without waiting: `None` if an exclusive holder exists.
+        ///
+        /// # Cancel safety
+        ///
+        /// Sync: nothing to cancel; the guard's drop releases synchronously.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// assert!(conn.try_advisory_lock_shared(1_i64)?.is_some());
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        try_advisory_lock_shared(Shared, Try) -> Option;
 
-    /// Take `key` exclusively, waiting at most `timeout` ([`Error::Timeout`] after that).
-    ///
-    /// The wait is enforced by the server (`lock_timeout`, one round trip) and the session's
-    /// `lock_timeout` is unchanged afterwards.
-    ///
-    /// # Cancel safety
-    ///
-    /// Sync: nothing to cancel; the guard's drop releases synchronously.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// let guard = conn.advisory_lock_timeout("orders:42", Duration::from_secs(5))?;
-    /// # drop(guard);
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn advisory_lock_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> Result<Self::Guard, Error>;
+        /// Take `key` exclusively, waiting at most `timeout` ([`Error::Timeout`] after that).
+        ///
+        /// The wait is enforced by the server (`lock_timeout`, one round trip) and the session's
+        /// `lock_timeout` is unchanged afterwards.
+        ///
+        /// # Cancel safety
+        ///
+        /// Sync: nothing to cancel; the guard's drop releases synchronously.
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// let guard = conn.advisory_lock_timeout("orders:42", Duration::from_secs(5))?;
+        /// # drop(guard);
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        advisory_lock_timeout(Exclusive, Timeout, timeout) -> Guard;
 
-    /// Take `key` in shared mode, waiting at most `timeout`; see
-    /// [`LockExt::advisory_lock_timeout`].
-    ///
-    /// # Cancel safety
-    ///
-    /// Sync: nothing to cancel; the guard's drop releases synchronously.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// let guard = conn.advisory_lock_shared_timeout(5_i64, Duration::from_millis(200))?;
-    /// # drop(guard);
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn advisory_lock_shared_timeout(
-        self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> Result<Self::Guard, Error>;
+        /// Take `key` in shared mode, waiting at most `timeout`; see
+        /// [`LockExt::advisory_lock_timeout`].
+        ///
+        /// # Cancel safety
+        ///
+        /// Sync: nothing to cancel; the guard's drop releases synchronously.
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// let guard = conn.advisory_lock_shared_timeout(5_i64, Duration::from_millis(200))?;
+        /// # drop(guard);
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        advisory_lock_shared_timeout(Shared, Timeout, timeout) -> Guard;
+    }
 }
 
 impl<'c> LockExt for &'c mut PgConnection {
     type Guard = LockGuard<'c>;
 
-    sync_lock_methods!(acquire_borrowed);
+    advisory_common::__lock_methods!(sync acquire_borrowed, Error);
 }
 
-fn acquire_borrowed(conn: &mut PgConnection, req: Request) -> Result<Option<LockGuard<'_>>, Error> {
-    session_allowed(conn, &req)?;
+fn acquire_borrowed(
+    conn: &mut PgConnection,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
+) -> Result<Option<LockGuard<'_>>, Error> {
+    session_allowed(conn, key)?;
+    let req = Request::new(key, mode, wait, timeout)?;
     match lock(conn, Scope::Session, &req) {
-        Ok(locked) => Ok(locked.then(|| LockGuard::new(conn, req.key, req.mode))),
+        Ok(locked) => Ok(locked.then(|| LockGuard::new(conn, key, mode))),
         Err(Failed {
             error,
             maybe_held: true,
@@ -193,8 +194,8 @@ fn acquire_borrowed(conn: &mut PgConnection, req: Request) -> Result<Option<Lock
             // A timed acquire that timed out never already held the key in that mode (a
             // re-entrant request is granted at once), so this unlock can only release the grant
             // of the instant of the timeout, never another guard's hold.
-            if let Err(e) = unlock(conn, req.key, req.mode) {
-                tracing::warn!(key = %req.key, error = %e, "could not undo a timed acquire of unknown outcome; marking the connection broken");
+            if let Err(e) = unlock(conn, key, mode) {
+                tracing::warn!(key = %key, error = %e, "could not undo a timed acquire of unknown outcome; marking the connection broken");
                 mark_broken(conn);
             }
             Err(error)

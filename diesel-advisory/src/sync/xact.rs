@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use advisory_common::Key;
-use advisory_common::sql::{Mode, Scope};
+use advisory_common::protocol::Request;
+use advisory_common::sql::{Mode, Scope, Wait};
 use diesel::PgConnection;
 
 use super::driver::{lock, transaction_depth};
 use crate::error::Error;
-use crate::request::{How, Request};
 
 /// Transaction-scope advisory locks, for use inside `conn.transaction(|conn| ...)`.
 ///
@@ -47,123 +47,100 @@ use crate::request::{How, Request};
 /// Sync: nothing to cancel. A panic in the closure leaves diesel's transaction open (diesel does
 /// not catch panics); the lock is released when that transaction is rolled back or the connection
 /// is closed (r2d2 discards a connection returned during a panic).
-pub trait XactLockExt: crate::sealed::Sealed {
-    /// Take `key` exclusively until the transaction ends, waiting as long as it takes.
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// conn.transaction(|conn| conn.xact_lock(3_i64))?;
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn xact_lock(&mut self, key: impl Into<Key>) -> Result<(), Error>;
+pub trait XactLockExt: Sized + crate::sealed::Sealed {
+    advisory_common::__xact_methods! { decl sync Error;
+        /// Take `key` exclusively until the transaction ends, waiting as long as it takes.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// conn.transaction(|conn| conn.xact_lock(3_i64))?;
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        xact_lock(Exclusive, Block) -> Unit;
 
-    /// Take `key` in shared mode until the transaction ends, waiting as long as it takes.
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// conn.transaction(|conn| conn.xact_lock_shared("config"))?;
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn xact_lock_shared(&mut self, key: impl Into<Key>) -> Result<(), Error>;
+        /// Take `key` in shared mode until the transaction ends, waiting as long as it takes.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// conn.transaction(|conn| conn.xact_lock_shared("config"))?;
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        xact_lock_shared(Shared, Block) -> Unit;
 
-    /// Try to take `key` exclusively until the transaction ends: `false` if another session holds
-    /// it (never waits).
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// let got = conn.transaction(|conn| conn.try_xact_lock((1, 2)))?;
-    /// assert!(got);
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn try_xact_lock(&mut self, key: impl Into<Key>) -> Result<bool, Error>;
+        /// Try to take `key` exclusively until the transaction ends: `false` if another session holds
+        /// it (never waits).
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// let got = conn.transaction(|conn| conn.try_xact_lock((1, 2)))?;
+        /// assert!(got);
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        try_xact_lock(Exclusive, Try) -> Bool;
 
-    /// Try to take `key` in shared mode until the transaction ends: `false` if an exclusive
-    /// holder exists.
-    ///
-    /// ```
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// assert!(conn.transaction(|conn| conn.try_xact_lock_shared((1, 3)))?);
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn try_xact_lock_shared(&mut self, key: impl Into<Key>) -> Result<bool, Error>;
+        /// Try to take `key` in shared mode until the transaction ends: `false` if an exclusive
+        /// holder exists.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// assert!(conn.transaction(|conn| conn.try_xact_lock_shared((1, 3)))?);
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        try_xact_lock_shared(Shared, Try) -> Bool;
 
-    /// Take `key` exclusively until the transaction ends, waiting at most `timeout`.
-    ///
-    /// Runs as one round trip inside a savepoint; on [`Error::Timeout`] (or deadlock, lock table
-    /// full) the savepoint is rolled back, so **your transaction stays usable**: the closure can
-    /// carry on or return the error. `lock_timeout` is unchanged afterwards.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// conn.transaction(|conn| conn.xact_lock_timeout("orders:42", Duration::from_secs(1)))?;
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn xact_lock_timeout(&mut self, key: impl Into<Key>, timeout: Duration) -> Result<(), Error>;
+        /// Take `key` exclusively until the transaction ends, waiting at most `timeout`.
+        ///
+        /// Runs as one round trip inside a savepoint; on [`Error::Timeout`] (or deadlock, lock table
+        /// full) the savepoint is rolled back, so **your transaction stays usable**: the closure can
+        /// carry on or return the error. `lock_timeout` is unchanged afterwards.
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// conn.transaction(|conn| conn.xact_lock_timeout("orders:42", Duration::from_secs(1)))?;
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        xact_lock_timeout(Exclusive, Timeout, timeout) -> Unit;
 
-    /// Take `key` in shared mode until the transaction ends, waiting at most `timeout`; see
-    /// [`XactLockExt::xact_lock_timeout`].
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use diesel::prelude::*;
-    /// # use diesel_advisory::prelude::*;
-    /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
-    /// conn.transaction(|conn| conn.xact_lock_shared_timeout(8_i64, Duration::from_millis(100)))?;
-    /// # Ok::<(), diesel_advisory::Error>(())
-    /// ```
-    fn xact_lock_shared_timeout(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> Result<(), Error>;
-}
-
-impl XactLockExt for PgConnection {
-    fn xact_lock(&mut self, key: impl Into<Key>) -> Result<(), Error> {
-        xact(self, Request::new(key.into(), Mode::Exclusive, How::Block)).map(drop)
-    }
-
-    fn xact_lock_shared(&mut self, key: impl Into<Key>) -> Result<(), Error> {
-        xact(self, Request::new(key.into(), Mode::Shared, How::Block)).map(drop)
-    }
-
-    fn try_xact_lock(&mut self, key: impl Into<Key>) -> Result<bool, Error> {
-        xact(self, Request::new(key.into(), Mode::Exclusive, How::Try))
-    }
-
-    fn try_xact_lock_shared(&mut self, key: impl Into<Key>) -> Result<bool, Error> {
-        xact(self, Request::new(key.into(), Mode::Shared, How::Try))
-    }
-
-    fn xact_lock_timeout(&mut self, key: impl Into<Key>, timeout: Duration) -> Result<(), Error> {
-        let req = Request::new(key.into(), Mode::Exclusive, How::Timeout(timeout));
-        xact(self, req).map(drop)
-    }
-
-    fn xact_lock_shared_timeout(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> Result<(), Error> {
-        let req = Request::new(key.into(), Mode::Shared, How::Timeout(timeout));
-        xact(self, req).map(drop)
+        /// Take `key` in shared mode until the transaction ends, waiting at most `timeout`; see
+        /// [`XactLockExt::xact_lock_timeout`].
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel::prelude::*;
+        /// # use diesel_advisory::prelude::*;
+        /// # let mut conn = PgConnection::establish(advisory_harness::db().url()).unwrap();
+        /// conn.transaction(|conn| conn.xact_lock_shared_timeout(8_i64, Duration::from_millis(100)))?;
+        /// # Ok::<(), diesel_advisory::Error>(())
+        /// ```
+        xact_lock_shared_timeout(Shared, Timeout, timeout) -> Unit;
     }
 }
 
-fn xact(conn: &mut PgConnection, req: Request) -> Result<bool, Error> {
+impl XactLockExt for &mut PgConnection {
+    advisory_common::__xact_methods!(sync xact, Error);
+}
+
+fn xact(
+    conn: &mut PgConnection,
+    key: Key,
+    mode: Mode,
+    wait: Wait,
+    timeout: Option<Duration>,
+) -> Result<bool, Error> {
     if transaction_depth(conn)? == 0 {
-        return Err(Error::NotInTransaction { key: req.key });
+        return Err(Error::NotInTransaction { key });
     }
+    let req = Request::new(key, mode, wait, timeout)?;
     lock(conn, Scope::Transaction, &req).map_err(|failed| failed.error)
 }

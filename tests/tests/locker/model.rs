@@ -193,7 +193,15 @@ macro_rules! model {
                                 w.leases.push((l, key, shared, false));
                             }
                             Ok(Err(e)) => panic!("step {step}: {e:?}"),
-                            Err(_) => {}
+                            Err(_) => {
+                                // The withdrawn request may still be on the wire and be granted
+                                // after the check below has already seen nothing held. A round
+                                // trip through the locker behind it (FIFO: its release goes out
+                                // first, in the same batch at the latest) settles it, so the
+                                // check and the next step see its release, not a race with it.
+                                let settle = w.locker.try_lock(unique_key()).await.unwrap();
+                                drop(settle);
+                            }
                         }
                     }
                     70..=79 => {
