@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+mod adapter_error;
 mod crc32;
 mod error;
 mod info;

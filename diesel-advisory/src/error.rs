@@ -3,103 +3,29 @@
 use std::time::Duration;
 
 use advisory_common::protocol::{self, Failure};
-use advisory_common::{
-    ErrorKind, Key, TimeoutOutOfRange, classify_sqlstate, sqlstate_from_message,
-};
+use advisory_common::{ErrorKind, Key, classify_sqlstate, sqlstate_from_message};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// A pool checkout failure (`r2d2::Error`, bb8's `RunError`, deadpool's `PoolError`), boxed so
 /// that the error type does not depend on which pool features are enabled.
 pub type PoolError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Everything an advisory-lock call can fail with.
-///
-/// The variants are the same as in `sqlx-advisory`; [`Error::kind`] gives the driver-independent
-/// [`ErrorKind`]. `?` converts in both directions between this type and
-/// [`diesel::result::Error`], so the lock calls work inside `conn.transaction(..)` closures of
-/// either error type (see [`From<Error> for diesel::result::Error`](#impl-From%3CError%3E-for-Error)).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The server-side `lock_timeout` expired before the lock was granted (SQLSTATE `55P03`).
-    #[error("{}: {key} after {timeout:?}", ErrorKind::Timeout.describe())]
-    Timeout {
-        /// The key that was not granted.
-        key: Key,
-        /// The timeout the caller asked for.
-        timeout: Duration,
-    },
-    /// The server broke a deadlock by failing this wait (SQLSTATE `40P01`).
-    #[error("{}: {key}", ErrorKind::Deadlock.describe())]
-    Deadlock {
-        /// The key that was waited for.
-        key: Key,
-        /// The server's error.
-        source: DieselError,
-    },
-    /// The server's shared lock table is full (SQLSTATE `53200`).
-    #[error("{}: {key}", ErrorKind::LockTableFull.describe())]
-    LockTableFull {
-        /// The key that could not be taken.
-        key: Key,
-        /// The server's error.
-        source: DieselError,
-    },
-    /// A transaction-level lock was requested while diesel had no transaction open; nothing was
-    /// sent to the server.
-    #[error("{}: {key}", ErrorKind::NotInTransaction.describe())]
-    NotInTransaction {
-        /// The key that was requested.
-        key: Key,
-    },
-    /// A call that opens a transaction (`transaction_with_xact_lock` and friends) was made while
-    /// diesel already had a transaction open on the connection; nothing was sent to the server
-    /// (use `xact_lock` inside the open transaction instead).
-    #[error("{}: {key}", ErrorKind::AlreadyInTransaction.describe())]
-    AlreadyInTransaction {
-        /// The key that was requested.
-        key: Key,
-    },
-    /// `release` was called but the server says this session did not hold the lock.
-    #[error("{}: {key}", ErrorKind::NotHeld.describe())]
-    NotHeld {
-        /// The key that was released.
-        key: Key,
-    },
-    /// The connection was lost; every session lock it held is gone with it.
-    #[error("{}", ErrorKind::ConnectionLost.describe())]
-    ConnectionLost {
-        /// The driver's error.
-        source: DieselError,
-    },
-    /// The timeout cannot be expressed as PostgreSQL's `lock_timeout`.
-    #[error(transparent)]
-    InvalidTimeout(#[from] TimeoutOutOfRange),
-    /// No connection could be checked out of the pool.
-    #[error("cannot check out a connection from the pool: {0}")]
-    Pool(#[source] PoolError),
-    /// Any other database error.
-    #[error(transparent)]
-    Database(DieselError),
+advisory_common::__adapter_error! {
+    /// Everything an advisory-lock call can fail with.
+    ///
+    /// The variants are the same as in `sqlx-advisory` (both are defined by one macro of
+    /// `pg-advisory-common`); [`Error::kind`] gives the driver-independent [`ErrorKind`]. `?`
+    /// converts in both directions between this type and [`diesel::result::Error`], so the lock
+    /// calls work inside `conn.transaction(..)` closures of either error type (see
+    /// [`From<Error> for diesel::result::Error`](#impl-From%3CError%3E-for-Error)).
+    driver: DieselError,
+    pool: PoolError,
+    kind_of: kind_of,
+    transaction: "`transaction_with_xact_lock`",
 }
 
+#[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
 impl Error {
-    /// The driver-independent kind of this error, `None` for [`Error::InvalidTimeout`],
-    /// [`Error::Pool`] and [`Error::Database`].
-    pub fn kind(&self) -> Option<ErrorKind> {
-        match self {
-            Error::Timeout { .. } => Some(ErrorKind::Timeout),
-            Error::Deadlock { .. } => Some(ErrorKind::Deadlock),
-            Error::LockTableFull { .. } => Some(ErrorKind::LockTableFull),
-            Error::NotInTransaction { .. } => Some(ErrorKind::NotInTransaction),
-            Error::AlreadyInTransaction { .. } => Some(ErrorKind::AlreadyInTransaction),
-            Error::NotHeld { .. } => Some(ErrorKind::NotHeld),
-            Error::ConnectionLost { .. } => Some(ErrorKind::ConnectionLost),
-            Error::InvalidTimeout(_) | Error::Pool(_) | Error::Database(_) => None,
-        }
-    }
-
-    #[cfg(any(feature = "r2d2", feature = "bb8", feature = "deadpool"))]
     pub(crate) fn pool(err: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error::Pool(Box::new(err))
     }

@@ -5,112 +5,32 @@ use std::fmt;
 use std::time::Duration;
 
 use advisory_common::protocol::{Failure, Refused, Request};
-use advisory_common::{ErrorKind, Key, TimeoutOutOfRange, classify_sqlstate};
+use advisory_common::{ErrorKind, Key, classify_sqlstate};
 use sqlx::error::DatabaseError;
 
-/// Why an advisory-lock call failed.
-///
-/// The same server answer is the same variant in `sqlx-advisory` and `diesel-advisory`: every
-/// database error is classified by [`advisory_common::classify_sqlstate`].
-///
-/// `?` works in both directions: `From<sqlx::Error>` and `From<Error> for sqlx::Error` (which keeps
-/// the original `sqlx::Error`, and so its SQLSTATE, wherever there is one).
-///
-/// ```
-/// use sqlx_advisory::{Error, Key};
-/// use advisory_common::ErrorKind;
-///
-/// let e = Error::NotInTransaction { key: Key::BigInt(7) };
-/// assert_eq!(e.kind(), Some(ErrorKind::NotInTransaction));
-/// // into sqlx::Error and back again, unchanged
-/// let back = Error::from(sqlx::Error::from(e));
-/// assert!(matches!(back, Error::NotInTransaction { key: Key::BigInt(7) }));
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The timed acquire did not get the lock within `timeout` (server-side `lock_timeout`,
-    /// SQLSTATE `55P03`). The session does not hold it: a session lock PostgreSQL granted in the
-    /// instant its `lock_timeout` fired is kept and returned as a guard instead.
-    #[error("{}: {key} after {timeout:?}", ErrorKind::Timeout.describe())]
-    Timeout {
-        /// The lock that was not granted.
-        key: Key,
-        /// The timeout the caller asked for.
-        timeout: Duration,
-    },
-    /// The server chose this wait as a deadlock victim (SQLSTATE `40P01`). Inside a transaction,
-    /// the transaction is aborted: roll it back and retry.
-    #[error("{}: {key}", ErrorKind::Deadlock.describe())]
-    Deadlock {
-        /// The lock that was being waited for.
-        key: Key,
-        /// The server's error.
-        source: sqlx::Error,
-    },
-    /// The server's shared lock table is full (SQLSTATE `53200`).
-    #[error("{}: {key}", ErrorKind::LockTableFull.describe())]
-    LockTableFull {
-        /// The lock that could not be recorded.
-        key: Key,
-        /// The server's error.
-        source: sqlx::Error,
-    },
-    /// A transaction-scope lock was requested on a connection that is not inside a transaction.
-    /// Nothing was sent to the server.
-    #[error("{}: {key}", ErrorKind::NotInTransaction.describe())]
-    NotInTransaction {
-        /// The lock that was requested.
-        key: Key,
-    },
-    /// A call that opens a transaction (`begin_with_xact_lock` and friends) was made on a
-    /// connection that is already inside one. Nothing was sent to the server.
-    #[error("{}: {key}", ErrorKind::AlreadyInTransaction.describe())]
-    AlreadyInTransaction {
-        /// The lock that was requested.
-        key: Key,
-    },
-    /// `release()` was called, but the server says this session did not hold the lock.
-    #[error("{}: {key}", ErrorKind::NotHeld.describe())]
-    NotHeld {
-        /// The lock that was being released.
-        key: Key,
-    },
-    /// The connection was lost (I/O error, SQLSTATE class `08`, `57P01`–`57P05`); the server has
-    /// released (or will release) every lock the session held.
-    #[error("{}", ErrorKind::ConnectionLost.describe())]
-    ConnectionLost {
-        /// The driver's error.
-        source: sqlx::Error,
-    },
-    /// The timeout cannot be expressed as PostgreSQL's `lock_timeout`.
-    #[error(transparent)]
-    InvalidTimeout(#[from] TimeoutOutOfRange),
-    /// No connection could be checked out of the pool.
-    #[error("cannot check out a connection from the pool: {0}")]
-    Pool(#[source] sqlx::Error),
-    /// Any other database or driver error.
-    #[error(transparent)]
-    Database(sqlx::Error),
-}
-
-impl Error {
-    /// What kind of lock failure this is, if it is one. For [`Error::Database`] the SQLSTATE is
-    /// classified too (e.g. a `lock_timeout` the application set itself on a waiting call gives
-    /// `Some(ErrorKind::Timeout)`).
-    pub fn kind(&self) -> Option<ErrorKind> {
-        match self {
-            Error::Timeout { .. } => Some(ErrorKind::Timeout),
-            Error::Deadlock { .. } => Some(ErrorKind::Deadlock),
-            Error::LockTableFull { .. } => Some(ErrorKind::LockTableFull),
-            Error::NotInTransaction { .. } => Some(ErrorKind::NotInTransaction),
-            Error::AlreadyInTransaction { .. } => Some(ErrorKind::AlreadyInTransaction),
-            Error::NotHeld { .. } => Some(ErrorKind::NotHeld),
-            Error::ConnectionLost { .. } => Some(ErrorKind::ConnectionLost),
-            Error::Database(e) => sqlstate(e).and_then(|c| classify_sqlstate(&c)),
-            Error::InvalidTimeout(_) | Error::Pool(_) => None,
-        }
-    }
+advisory_common::__adapter_error! {
+    /// Why an advisory-lock call failed.
+    ///
+    /// The same server answer is the same variant in `sqlx-advisory` and `diesel-advisory`: every
+    /// database error is classified by [`advisory_common::classify_sqlstate`].
+    ///
+    /// `?` works in both directions: `From<sqlx::Error>` and `From<Error> for sqlx::Error` (which keeps
+    /// the original `sqlx::Error`, and so its SQLSTATE, wherever there is one).
+    ///
+    /// ```
+    /// use sqlx_advisory::{Error, Key};
+    /// use sqlx_advisory::ErrorKind;
+    ///
+    /// let e = Error::NotInTransaction { key: Key::BigInt(7) };
+    /// assert_eq!(e.kind(), Some(ErrorKind::NotInTransaction));
+    /// // into sqlx::Error and back again, unchanged
+    /// let back = Error::from(sqlx::Error::from(e));
+    /// assert!(matches!(back, Error::NotInTransaction { key: Key::BigInt(7) }));
+    /// ```
+    driver: sqlx::Error,
+    pool: sqlx::Error,
+    kind_of: kind_of,
+    transaction: "`begin_with_xact_lock`",
 }
 
 fn sqlstate(e: &sqlx::Error) -> Option<String> {

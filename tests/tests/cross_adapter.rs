@@ -113,3 +113,61 @@ async fn errors_show_the_name_a_key_came_from() {
     held.release().await.unwrap();
     assert_no_locks(&[number], Duration::from_secs(5));
 }
+
+/// The same server answer is the same `Error` variant with the same `kind()` in every adapter (one
+/// enum definition in common): a waiting acquire stopped by a `lock_timeout` the application set
+/// itself is `Database` (not the typed `Timeout`, which only the `_timeout` calls return) whose
+/// `kind()` is `Timeout`; an error that is not a lock failure has no kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_server_answer_is_the_same_error_in_every_adapter() {
+    use advisory_common::ErrorKind;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    use sqlx::Connection;
+    use sqlx_advisory::prelude::*;
+    let key = Key::name(&unique_name("same-answer"));
+    let mut holder = sqlx::PgConnection::connect(db().url()).await.unwrap();
+    let held = holder.advisory_lock(key).await.unwrap();
+    const SET: &str = "SET lock_timeout = '30ms'";
+
+    let mut sq = sqlx::PgConnection::connect(db().url()).await.unwrap();
+    sqlx::raw_sql(SET).execute(&mut sq).await.unwrap();
+    let e = sq.advisory_lock(key).await.unwrap_err();
+    assert!(matches!(e, sqlx_advisory::Error::Database(_)), "{e:?}");
+    assert_eq!(e.kind(), Some(ErrorKind::Timeout), "sqlx: {e:?}");
+
+    let mut da = AsyncPgConnection::establish(db().url()).await.unwrap();
+    da.batch_execute(SET).await.unwrap();
+    let e = da.advisory_lock(key).await.unwrap_err();
+    assert!(matches!(e, diesel_advisory::Error::Database(_)), "{e:?}");
+    assert_eq!(e.kind(), Some(ErrorKind::Timeout), "diesel-async: {e:?}");
+
+    let url = db().url().to_owned();
+    let (e, other) = tokio::task::spawn_blocking(move || {
+        let mut c = PgConnection::establish(&url).unwrap();
+        diesel::connection::SimpleConnection::batch_execute(&mut c, SET).unwrap();
+        let e = c.advisory_lock(key).unwrap_err();
+        let other = diesel_advisory::Error::from(
+            diesel::sql_query("SELECT 1/0").execute(&mut c).unwrap_err(),
+        );
+        (e, other)
+    })
+    .await
+    .unwrap();
+    assert!(matches!(e, diesel_advisory::Error::Database(_)), "{e:?}");
+    assert_eq!(e.kind(), Some(ErrorKind::Timeout), "diesel: {e:?}");
+    assert!(
+        matches!(other, diesel_advisory::Error::Database(_)),
+        "{other:?}"
+    );
+    assert_eq!(other.kind(), None, "division by zero is no lock failure");
+    let other = sqlx_advisory::Error::from(
+        sqlx::query("SELECT 1/0")
+            .execute(&mut sq)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(other.kind(), None);
+
+    held.release().await.unwrap();
+    assert_no_locks(&[key], Duration::from_secs(5));
+}

@@ -170,7 +170,7 @@ pub fn lock_then_begin(mode: Mode, key: Key, timeout_ms: Option<i32>) -> String 
 }
 
 /// A session-scope acquire as a self-contained simple-protocol statement, with the key (and the
-/// milliseconds of a timed wait) written as integers: [`lock_sql`] for [`Scope::Session`] with its
+/// milliseconds of a timed wait) written as integers: [`lock_sql`](super::lock_sql) for [`Scope::Session`] with its
 /// parameters filled in. For an adapter that must know the acquire is on its way to the server the
 /// moment it hands it to the driver, which a simple query guarantees and a statement that may still
 /// have to be prepared does not (diesel-async: a borrowed acquire while another guard of the
