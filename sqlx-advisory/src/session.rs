@@ -71,7 +71,7 @@ pub trait LockExt: Sized + sealed::Sealed {
         /// guard.release().await?;
         /// # Ok(()) }
         /// ```
-        advisory_lock(Exclusive, Block) -> Guard;
+        advisory_lock;
 
         /// Take the shared lock on `key` (compatible with other shared holders, excludes exclusive
         /// ones), waiting as long as it takes.
@@ -87,7 +87,7 @@ pub trait LockExt: Sized + sealed::Sealed {
         /// assert!(a.is_shared() && b.is_shared());
         /// # Ok(()) }
         /// ```
-        advisory_lock_shared(Shared, Block) -> Guard;
+        advisory_lock_shared;
 
         /// Take the exclusive lock on `key` if it is free right now (`pg_try_advisory_lock`); `None`
         /// if another session holds it. Never waits for the lock.
@@ -104,7 +104,7 @@ pub trait LockExt: Sized + sealed::Sealed {
         /// drop(held);
         /// # Ok(()) }
         /// ```
-        try_advisory_lock(Exclusive, Try) -> Option;
+        try_advisory_lock;
 
         /// Take the shared lock on `key` if no exclusive holder has it right now; never waits.
         ///
@@ -119,7 +119,7 @@ pub trait LockExt: Sized + sealed::Sealed {
         /// drop(guard); // the unlock goes out at once
         /// # Ok(()) }
         /// ```
-        try_advisory_lock_shared(Shared, Try) -> Option;
+        try_advisory_lock_shared;
 
         /// Take the exclusive lock on `key`, waiting at most `timeout`, else [`Error::Timeout`].
         ///
@@ -146,7 +146,7 @@ pub trait LockExt: Sized + sealed::Sealed {
         /// assert!(matches!(err, Error::Timeout { .. }));
         /// # drop(held); Ok(()) }
         /// ```
-        advisory_lock_timeout(Exclusive, Timeout, timeout) -> Guard;
+        advisory_lock_timeout;
 
         /// Take the shared lock on `key`, waiting at most `timeout`, else [`Error::Timeout`]; as
         /// [`advisory_lock_timeout`](Self::advisory_lock_timeout).
@@ -160,7 +160,7 @@ pub trait LockExt: Sized + sealed::Sealed {
         /// g.release().await?;
         /// # Ok(()) }
         /// ```
-        advisory_lock_shared_timeout(Shared, Timeout, timeout) -> Guard;
+        advisory_lock_shared_timeout;
     }
 }
 

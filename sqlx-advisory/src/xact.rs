@@ -41,7 +41,7 @@ pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
         /// tx.commit().await?; // releases it
         /// # Ok(()) }
         /// ```
-        xact_lock(Exclusive, Block) -> Unit;
+        xact_lock;
 
         /// Take the shared transaction lock on `key`, waiting as long as it takes.
         ///
@@ -57,7 +57,7 @@ pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
         /// tx.rollback().await?; // also releases it
         /// # Ok(()) }
         /// ```
-        xact_lock_shared(Shared, Block) -> Unit;
+        xact_lock_shared;
 
         /// Take the exclusive transaction lock on `key` if it is free right now; `false` if not. Never
         /// waits, and a `false` leaves the transaction untouched.
@@ -71,7 +71,7 @@ pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
         /// tx.commit().await?;
         /// # Ok(()) }
         /// ```
-        try_xact_lock(Exclusive, Try) -> Bool;
+        try_xact_lock;
 
         /// Take the shared transaction lock on `key` if no exclusive holder has it right now.
         ///
@@ -83,7 +83,7 @@ pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
         /// assert!(tx.try_xact_lock_shared("cfg").await?);
         /// # Ok(()) }
         /// ```
-        try_xact_lock_shared(Shared, Try) -> Bool;
+        try_xact_lock_shared;
 
         /// Take the exclusive transaction lock on `key`, waiting at most `timeout`, else
         /// [`Error::Timeout`]. The attempt runs in a savepoint (one round trip), so a timeout leaves
@@ -99,7 +99,7 @@ pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
         /// tx.commit().await?;
         /// # Ok(()) }
         /// ```
-        xact_lock_timeout(Exclusive, Timeout, timeout) -> Unit;
+        xact_lock_timeout;
 
         /// Take the shared transaction lock on `key`, waiting at most `timeout`; as
         /// [`xact_lock_timeout`](Self::xact_lock_timeout).
@@ -113,7 +113,7 @@ pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
         /// tx.xact_lock_shared_timeout(11_i64, Duration::from_secs(2)).await?;
         /// # Ok(()) }
         /// ```
-        xact_lock_shared_timeout(Shared, Timeout, timeout) -> Unit;
+        xact_lock_shared_timeout;
     }
 }
 

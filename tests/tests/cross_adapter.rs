@@ -124,7 +124,7 @@ async fn the_same_server_answer_is_the_same_error_in_every_adapter() {
     use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
     use sqlx::Connection;
     use sqlx_advisory::prelude::*;
-    let key = Key::name(&unique_name("same-answer"));
+    let key = Key::name(unique_name("same-answer"));
     let mut holder = sqlx::PgConnection::connect(db().url()).await.unwrap();
     let held = holder.advisory_lock(key).await.unwrap();
     const SET: &str = "SET lock_timeout = '30ms'";

@@ -6,16 +6,16 @@
 //! and those bodies, so the adapters differ only in their docs and in the function they forward
 //! to; a trait and its impls cannot drift apart.
 //!
-//! * `__lock_methods! { decl async Error; /** docs */ advisory_lock(Exclusive, Block) -> Guard; .. }`
-//!   declares session-scope methods inside a trait (`async`: returning `impl Future + Send`;
-//!   `sync`: returning the result). `-> Guard` returns `Self::Guard`, `-> Option` returns
-//!   `Option<Self::Guard>` (the `try_` forms); a third name in the parentheses adds that
-//!   `Duration` parameter.
-//! * `__lock_methods!(async acquire, Error)` implements the six of them, forwarding to
-//!   `acquire(self, key, mode, wait, timeout) -> Result<Option<Self::Guard>, Error>` (a future
+//! * `__lock_methods! { decl async Error; /** docs */ advisory_lock; .. }` declares the named
+//!   methods inside a trait, with their docs (`async`: returning `impl Future + Send`; `sync`:
+//!   returning the result). Each method's parameters and result come from the one table at the top
+//!   of the macro (`@with`): the `try_` forms return `Option<Self::Guard>`, the `_timeout` forms take
+//!   a `Duration`.
+//! * `__lock_methods!(async acquire, Error)` implements the six session-scope methods, forwarding
+//!   to `acquire(self, key, mode, wait, timeout) -> Result<Option<Self::Guard>, Error>` (a future
 //!   for `async`).
-//! * `__xact_methods!` does the same for the transaction-scope methods (`-> Unit`, `-> Bool`),
-//!   forwarding to `xact(self, key, mode, wait, timeout) -> Result<bool, Error>`.
+//! * `__xact_methods!` does the same for the six transaction-scope methods (`()` or, for `try_`,
+//!   `bool`), forwarding to `xact(self, key, mode, wait, timeout) -> Result<bool, Error>`.
 //!
 //! The key is converted before any future is built, so the future does not hold the caller's
 //! `impl Into<Key>`. Not part of the public API.
@@ -30,30 +30,28 @@ pub fn granted<G>(guard: Option<G>) -> G {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __lock_methods {
-    // One signature, then `;` (a declaration) or the body. `self` and `key` come from the caller's
-    // arm, so that a body written there can use them (macro hygiene).
-    (@sig async $error:ty; [$self:ident $key:ident] [$(#[$doc:meta])*]
-        $name:ident($($timeout:ident)?) -> $out:ident $end:tt) => {
-        $(#[$doc])*
-        fn $name(
-            $self,
-            $key: impl ::core::convert::Into<$crate::Key>,
-            $($timeout: ::std::time::Duration,)?
-        ) -> impl ::core::future::Future<
-            Output = ::core::result::Result<$crate::__lock_methods!(@out $out), $error>,
-        > + Send $end
+    // The table: each method's timeout parameter (if any), what it returns, and the mode and
+    // wait it asks for. Calls back with that appended in brackets.
+    (@with advisory_lock, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [advisory_lock() -> Guard, Exclusive, Block]); };
+    (@with advisory_lock_shared, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [advisory_lock_shared() -> Guard, Shared, Block]); };
+    (@with try_advisory_lock, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [try_advisory_lock() -> Option, Exclusive, Try]); };
+    (@with try_advisory_lock_shared, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [try_advisory_lock_shared() -> Option, Shared, Try]); };
+    (@with advisory_lock_timeout, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [advisory_lock_timeout(timeout) -> Guard, Exclusive, Timeout]); };
+    (@with advisory_lock_shared_timeout, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [advisory_lock_shared_timeout(timeout) -> Guard, Shared, Timeout]); };
+    (@with xact_lock, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [xact_lock() -> Unit, Exclusive, Block]); };
+    (@with xact_lock_shared, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [xact_lock_shared() -> Unit, Shared, Block]); };
+    (@with try_xact_lock, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [try_xact_lock() -> Bool, Exclusive, Try]); };
+    (@with try_xact_lock_shared, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [try_xact_lock_shared() -> Bool, Shared, Try]); };
+    (@with xact_lock_timeout, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [xact_lock_timeout(timeout) -> Unit, Exclusive, Timeout]); };
+    (@with xact_lock_shared_timeout, $($cb:tt)*) => { $crate::__lock_methods!($($cb)* [xact_lock_shared_timeout(timeout) -> Unit, Shared, Timeout]); };
+    // A declaration (in a trait), with its docs.
+    (@decl $flavor:ident $error:ty; $docs:tt
+        [$name:ident($($timeout:ident)?) -> $out:ident, $mode:ident, $wait:ident]) => {
+        $crate::__lock_methods!(@sig $flavor $error; [self key] $docs $name($($timeout)?) -> $out ;);
     };
-    (@sig sync $error:ty; [$self:ident $key:ident] [$(#[$doc:meta])*]
-        $name:ident($($timeout:ident)?) -> $out:ident $end:tt) => {
-        $(#[$doc])*
-        fn $name(
-            $self,
-            $key: impl ::core::convert::Into<$crate::Key>,
-            $($timeout: ::std::time::Duration,)?
-        ) -> ::core::result::Result<$crate::__lock_methods!(@out $out), $error> $end
-    };
+    // An implementation (in an impl), forwarding to `$acquire`.
     (@impl $flavor:ident $acquire:path, $error:ty;
-        $($name:ident($mode:ident, $wait:ident $(, $timeout:ident)?) -> $out:ident;)*) => {$(
+        [$name:ident($($timeout:ident)?) -> $out:ident, $mode:ident, $wait:ident]) => {
         $crate::__lock_methods!(@sig $flavor $error; [self key] [] $name($($timeout)?) -> $out {
             let call = $acquire(
                 self,
@@ -64,7 +62,26 @@ macro_rules! __lock_methods {
             );
             $crate::__lock_methods!(@finish $flavor $out, call)
         });
-    )*};
+    };
+    // One signature, then `;` (a declaration) or the body. `self` and `key` come from the caller's
+    // arm, so that a body written there can use them (macro hygiene).
+    (@sig $flavor:ident $error:ty; [$self:ident $key:ident] [$(#[$doc:meta])*]
+        $name:ident($($timeout:ident)?) -> $out:ident $end:tt) => {
+        $(#[$doc])*
+        fn $name(
+            $self,
+            $key: impl ::core::convert::Into<$crate::Key>,
+            $($timeout: ::std::time::Duration,)?
+        ) -> $crate::__lock_methods!(@ret $flavor $error, $out) $end
+    };
+    (@ret async $error:ty, $out:ident) => {
+        impl ::core::future::Future<
+            Output = ::core::result::Result<$crate::__lock_methods!(@out $out), $error>,
+        > + Send
+    };
+    (@ret sync $error:ty, $out:ident) => {
+        ::core::result::Result<$crate::__lock_methods!(@out $out), $error>
+    };
     (@out Guard) => { Self::Guard };
     (@out Option) => { ::core::option::Option<Self::Guard> };
     (@out Unit) => { () };
@@ -78,22 +95,18 @@ macro_rules! __lock_methods {
     (@map $out:ident, $result:expr) => { $result };
     (@timeout) => { ::core::option::Option::None };
     (@timeout $timeout:ident) => { ::core::option::Option::Some($timeout) };
-    // Declarations (in a trait), each with its docs.
-    (decl $flavor:ident $error:ty; $($(#[$doc:meta])*
-        $name:ident($mode:ident, $wait:ident $(, $timeout:ident)?) -> $out:ident;)*) => {$(
-        $crate::__lock_methods!(@sig $flavor $error; [self key] [$(#[$doc])*] $name($($timeout)?) -> $out ;);
+    // The trait's declarations: `decl async Error;` then each method's docs and name.
+    (decl $flavor:ident $error:ty; $($(#[$doc:meta])* $name:ident;)*) => {$(
+        $crate::__lock_methods!(@with $name, @decl $flavor $error; [$(#[$doc])*]);
     )*};
-    // The six implementations (in an impl).
+    // The six session-scope implementations: `async acquire, Error`.
     ($flavor:ident $acquire:path, $error:ty) => {
-        $crate::__lock_methods!(@impl $flavor $acquire, $error;
-            advisory_lock(Exclusive, Block) -> Guard;
-            advisory_lock_shared(Shared, Block) -> Guard;
-            try_advisory_lock(Exclusive, Try) -> Option;
-            try_advisory_lock_shared(Shared, Try) -> Option;
-            advisory_lock_timeout(Exclusive, Timeout, timeout) -> Guard;
-            advisory_lock_shared_timeout(Shared, Timeout, timeout) -> Guard;
-        );
+        $crate::__lock_methods!(@impls $flavor $acquire, $error; advisory_lock advisory_lock_shared
+            try_advisory_lock try_advisory_lock_shared advisory_lock_timeout advisory_lock_shared_timeout);
     };
+    (@impls $flavor:ident $acquire:path, $error:ty; $($name:ident)*) => {$(
+        $crate::__lock_methods!(@with $name, @impl $flavor $acquire, $error;);
+    )*};
 }
 
 /// See the [module docs](crate::protocol) (`methods`).
@@ -102,13 +115,7 @@ macro_rules! __lock_methods {
 macro_rules! __xact_methods {
     (decl $($rest:tt)*) => { $crate::__lock_methods!(decl $($rest)*); };
     ($flavor:ident $xact:path, $error:ty) => {
-        $crate::__lock_methods!(@impl $flavor $xact, $error;
-            xact_lock(Exclusive, Block) -> Unit;
-            xact_lock_shared(Shared, Block) -> Unit;
-            try_xact_lock(Exclusive, Try) -> Bool;
-            try_xact_lock_shared(Shared, Try) -> Bool;
-            xact_lock_timeout(Exclusive, Timeout, timeout) -> Unit;
-            xact_lock_shared_timeout(Shared, Timeout, timeout) -> Unit;
-        );
+        $crate::__lock_methods!(@impls $flavor $xact, $error; xact_lock xact_lock_shared
+            try_xact_lock try_xact_lock_shared xact_lock_timeout xact_lock_shared_timeout);
     };
 }

@@ -91,7 +91,7 @@ pub trait AsyncLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        advisory_lock(Exclusive, Block) -> Guard;
+        advisory_lock;
 
         /// Take `key` in shared mode, waiting as long as it takes.
         ///
@@ -109,7 +109,7 @@ pub trait AsyncLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        advisory_lock_shared(Shared, Block) -> Guard;
+        advisory_lock_shared;
 
         /// Try to take `key` exclusively without waiting: `None` if another session holds it.
         ///
@@ -130,7 +130,7 @@ pub trait AsyncLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        try_advisory_lock(Exclusive, Try) -> Option;
+        try_advisory_lock;
 
         /// Try to take `key` in shared mode without waiting.
         ///
@@ -148,7 +148,7 @@ pub trait AsyncLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        try_advisory_lock_shared(Shared, Try) -> Option;
+        try_advisory_lock_shared;
 
         /// Take `key` exclusively, waiting at most `timeout` (server-side `lock_timeout`, one round
         /// trip; [`Error::Timeout`] after that; `lock_timeout` unchanged afterwards).
@@ -174,7 +174,7 @@ pub trait AsyncLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        advisory_lock_timeout(Exclusive, Timeout, timeout) -> Guard;
+        advisory_lock_timeout;
 
         /// Take `key` in shared mode, waiting at most `timeout`; see
         /// [`AsyncLockExt::advisory_lock_timeout`].
@@ -195,7 +195,7 @@ pub trait AsyncLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        advisory_lock_shared_timeout(Shared, Timeout, timeout) -> Guard;
+        advisory_lock_shared_timeout;
     }
 }
 

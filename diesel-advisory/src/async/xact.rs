@@ -56,7 +56,7 @@ pub trait AsyncXactLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        xact_lock(Exclusive, Block) -> Unit;
+        xact_lock;
 
         /// Take `key` in shared mode until the transaction ends, waiting as long as it takes.
         ///
@@ -70,7 +70,7 @@ pub trait AsyncXactLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        xact_lock_shared(Shared, Block) -> Unit;
+        xact_lock_shared;
 
         /// Try to take `key` exclusively until the transaction ends: `false` if another session holds
         /// it.
@@ -85,7 +85,7 @@ pub trait AsyncXactLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        try_xact_lock(Exclusive, Try) -> Bool;
+        try_xact_lock;
 
         /// Try to take `key` in shared mode until the transaction ends.
         ///
@@ -99,7 +99,7 @@ pub trait AsyncXactLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        try_xact_lock_shared(Shared, Try) -> Bool;
+        try_xact_lock_shared;
 
         /// Take `key` exclusively until the transaction ends, waiting at most `timeout`; the attempt
         /// runs in a savepoint, so [`Error::Timeout`] leaves your transaction usable.
@@ -116,7 +116,7 @@ pub trait AsyncXactLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        xact_lock_timeout(Exclusive, Timeout, timeout) -> Unit;
+        xact_lock_timeout;
 
         /// Take `key` in shared mode until the transaction ends, waiting at most `timeout`.
         ///
@@ -132,7 +132,7 @@ pub trait AsyncXactLockExt: Sized + crate::sealed::Sealed {
         /// # Ok(())
         /// # }
         /// ```
-        xact_lock_shared_timeout(Shared, Timeout, timeout) -> Unit;
+        xact_lock_shared_timeout;
     }
 }
 

@@ -78,7 +78,7 @@ pub trait LockExt: Sized + crate::sealed::Sealed {
         /// assert_eq!(guard.key(), diesel_advisory::Key::Pair(7, 9));
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        advisory_lock(Exclusive, Block) -> Guard;
+        advisory_lock;
 
         /// Take `key` in shared mode (conflicts only with exclusive holders), waiting as long as it
         /// takes. Released like [`LockExt::advisory_lock`].
@@ -95,7 +95,7 @@ pub trait LockExt: Sized + crate::sealed::Sealed {
         /// assert!(guard.is_shared());
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        advisory_lock_shared(Shared, Block) -> Guard;
+        advisory_lock_shared;
 
         /// Try to take `key` exclusively without waiting: `None` if another session holds it.
         ///
@@ -113,7 +113,7 @@ pub trait LockExt: Sized + crate::sealed::Sealed {
         /// }
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        try_advisory_lock(Exclusive, Try) -> Option;
+        try_advisory_lock;
 
         /// Try to take `key` in shared mode without waiting: `None` if an exclusive holder exists.
         ///
@@ -128,7 +128,7 @@ pub trait LockExt: Sized + crate::sealed::Sealed {
         /// assert!(conn.try_advisory_lock_shared(1_i64)?.is_some());
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        try_advisory_lock_shared(Shared, Try) -> Option;
+        try_advisory_lock_shared;
 
         /// Take `key` exclusively, waiting at most `timeout` ([`Error::Timeout`] after that).
         ///
@@ -148,7 +148,7 @@ pub trait LockExt: Sized + crate::sealed::Sealed {
         /// # drop(guard);
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        advisory_lock_timeout(Exclusive, Timeout, timeout) -> Guard;
+        advisory_lock_timeout;
 
         /// Take `key` in shared mode, waiting at most `timeout`; see
         /// [`LockExt::advisory_lock_timeout`].
@@ -166,7 +166,7 @@ pub trait LockExt: Sized + crate::sealed::Sealed {
         /// # drop(guard);
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        advisory_lock_shared_timeout(Shared, Timeout, timeout) -> Guard;
+        advisory_lock_shared_timeout;
     }
 }
 

@@ -58,7 +58,7 @@ pub trait XactLockExt: Sized + crate::sealed::Sealed {
         /// conn.transaction(|conn| conn.xact_lock(3_i64))?;
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        xact_lock(Exclusive, Block) -> Unit;
+        xact_lock;
 
         /// Take `key` in shared mode until the transaction ends, waiting as long as it takes.
         ///
@@ -69,7 +69,7 @@ pub trait XactLockExt: Sized + crate::sealed::Sealed {
         /// conn.transaction(|conn| conn.xact_lock_shared("config"))?;
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        xact_lock_shared(Shared, Block) -> Unit;
+        xact_lock_shared;
 
         /// Try to take `key` exclusively until the transaction ends: `false` if another session holds
         /// it (never waits).
@@ -82,7 +82,7 @@ pub trait XactLockExt: Sized + crate::sealed::Sealed {
         /// assert!(got);
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        try_xact_lock(Exclusive, Try) -> Bool;
+        try_xact_lock;
 
         /// Try to take `key` in shared mode until the transaction ends: `false` if an exclusive
         /// holder exists.
@@ -94,7 +94,7 @@ pub trait XactLockExt: Sized + crate::sealed::Sealed {
         /// assert!(conn.transaction(|conn| conn.try_xact_lock_shared((1, 3)))?);
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        try_xact_lock_shared(Shared, Try) -> Bool;
+        try_xact_lock_shared;
 
         /// Take `key` exclusively until the transaction ends, waiting at most `timeout`.
         ///
@@ -110,7 +110,7 @@ pub trait XactLockExt: Sized + crate::sealed::Sealed {
         /// conn.transaction(|conn| conn.xact_lock_timeout("orders:42", Duration::from_secs(1)))?;
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        xact_lock_timeout(Exclusive, Timeout, timeout) -> Unit;
+        xact_lock_timeout;
 
         /// Take `key` in shared mode until the transaction ends, waiting at most `timeout`; see
         /// [`XactLockExt::xact_lock_timeout`].
@@ -123,7 +123,7 @@ pub trait XactLockExt: Sized + crate::sealed::Sealed {
         /// conn.transaction(|conn| conn.xact_lock_shared_timeout(8_i64, Duration::from_millis(100)))?;
         /// # Ok::<(), diesel_advisory::Error>(())
         /// ```
-        xact_lock_shared_timeout(Shared, Timeout, timeout) -> Unit;
+        xact_lock_shared_timeout;
     }
 }
 
