@@ -121,5 +121,43 @@ macro_rules! __adapter_error {
                 }
             }
         }
+
+        /// The one place a driver error from a lock statement on `key` becomes an [`Error`],
+        /// through [`classify_sqlstate`]($crate::classify_sqlstate). `timeout` is the caller's
+        /// timeout for the timed acquires (`None` for waiting and try acquires, whose `55P03` can
+        /// only come from a `lock_timeout` the application set itself and stays
+        /// [`Error::Database`]). Anything else goes through the adapter's `From<driver error>`.
+        #[allow(dead_code)]
+        pub(crate) fn classify(
+            err: $driver,
+            key: $crate::Key,
+            timeout: ::core::option::Option<::std::time::Duration>,
+        ) -> Error {
+            use $crate::ErrorKind as K;
+            match ($kind_of(&err), timeout) {
+                (Some(K::Timeout), Some(timeout)) => Error::Timeout { key, timeout },
+                (Some(K::Deadlock), _) => Error::Deadlock { key, source: err },
+                (Some(K::LockTableFull), _) => Error::LockTableFull { key, source: err },
+                (Some(K::ConnectionLost), _) => Error::ConnectionLost { source: err },
+                _ => Error::from(err),
+            }
+        }
+
+        /// The error of a failed request, as the protocol reports it.
+        #[allow(dead_code)]
+        pub(crate) fn from_failure(
+            failure: $crate::protocol::Failure<$driver>,
+            req: &$crate::protocol::Request,
+        ) -> Error {
+            use $crate::protocol::Failure;
+            match failure {
+                Failure::Timeout => Error::Timeout {
+                    key: req.key(),
+                    timeout: req.timeout().unwrap_or_default(),
+                },
+                Failure::Statement(err) => classify(err, req.key(), req.timeout()),
+                Failure::Check(err) => classify(err, req.key(), None),
+            }
+        }
     };
 }

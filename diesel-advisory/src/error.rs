@@ -1,9 +1,7 @@
 //! The crate's error type and the one classification of diesel errors.
 
-use std::time::Duration;
-
-use advisory_common::protocol::{self, Failure};
-use advisory_common::{ErrorKind, Key, classify_sqlstate, sqlstate_from_message};
+use advisory_common::protocol;
+use advisory_common::{ErrorKind, classify_sqlstate, sqlstate_from_message};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// A pool checkout failure (`r2d2::Error`, bb8's `RunError`, deadpool's `PoolError`), boxed so
@@ -115,31 +113,6 @@ impl From<Error> for Failed {
             error,
             maybe_held: false,
         }
-    }
-}
-
-/// The error of a failed request, as the protocol reports it.
-pub(crate) fn from_failure(failure: Failure<DieselError>, req: &protocol::Request) -> Error {
-    match failure {
-        Failure::Timeout => Error::Timeout {
-            key: req.key(),
-            timeout: req.timeout().unwrap_or_default(),
-        },
-        Failure::Statement(err) => classify(err, req.key(), req.timeout()),
-        Failure::Check(err) => classify(err, req.key(), None),
-    }
-}
-
-/// The one place a diesel error from a lock call becomes an [`Error`]: through
-/// [`advisory_common::classify_sqlstate`]. `timeout` is the caller's timeout for a timed call.
-pub(crate) fn classify(err: DieselError, key: Key, timeout: Option<Duration>) -> Error {
-    let kind = sqlstate(&err).and_then(classify_sqlstate);
-    match (kind, timeout) {
-        (Some(ErrorKind::Timeout), Some(timeout)) => Error::Timeout { key, timeout },
-        (Some(ErrorKind::Deadlock), _) => Error::Deadlock { key, source: err },
-        (Some(ErrorKind::LockTableFull), _) => Error::LockTableFull { key, source: err },
-        (Some(ErrorKind::ConnectionLost), _) => Error::ConnectionLost { source: err },
-        _ => Error::Database(err),
     }
 }
 

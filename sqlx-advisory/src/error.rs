@@ -2,9 +2,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::time::Duration;
 
-use advisory_common::protocol::{Failure, Refused, Request};
+use advisory_common::protocol::Refused;
 use advisory_common::{ErrorKind, Key, classify_sqlstate};
 use sqlx::error::DatabaseError;
 
@@ -44,40 +43,12 @@ pub(crate) fn kind_of(err: &sqlx::Error) -> Option<ErrorKind> {
     sqlstate(err).and_then(|c| classify_sqlstate(&c))
 }
 
-/// The error of a failed request, as the protocol reports it.
-pub(crate) fn from_failure(failure: Failure<sqlx::Error>, req: &Request) -> Error {
-    match failure {
-        Failure::Timeout => Error::Timeout {
-            key: req.key(),
-            timeout: req.timeout().unwrap_or_default(),
-        },
-        Failure::Statement(err) => classify(err, req.key(), req.timeout()),
-        Failure::Check(err) => classify(err, req.key(), None),
-    }
-}
-
 /// A call refused before anything was sent.
 pub(crate) fn refused(refused: Refused, key: Key) -> Error {
     match refused {
         Refused::NotInTransaction => Error::NotInTransaction { key },
         Refused::AlreadyInTransaction => Error::AlreadyInTransaction { key },
     }
-}
-
-/// Turn a driver error from a lock statement on `key` into an [`Error`]. `timeout` is the caller's
-/// timeout for the timed acquires (`None` for waiting and try acquires, whose `55P03` can only come
-/// from a `lock_timeout` the application set itself and stays [`Error::Database`]).
-pub(crate) fn classify(err: sqlx::Error, key: Key, timeout: Option<Duration>) -> Error {
-    if let Some(kind) = sqlstate(&err).and_then(|c| classify_sqlstate(&c)) {
-        return match (kind, timeout) {
-            (ErrorKind::Timeout, Some(timeout)) => Error::Timeout { key, timeout },
-            (ErrorKind::Deadlock, _) => Error::Deadlock { key, source: err },
-            (ErrorKind::LockTableFull, _) => Error::LockTableFull { key, source: err },
-            (ErrorKind::ConnectionLost, _) => Error::ConnectionLost { source: err },
-            _ => Error::Database(err),
-        };
-    }
-    Error::from(err)
 }
 
 /// Keeps the error's SQLSTATE-less variants, recovers an [`Error`] that travelled through a
