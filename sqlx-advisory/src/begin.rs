@@ -43,7 +43,7 @@ use crate::error::{Error, classify, refused};
 ///   granted the connection is left **inside a transaction holding the lock** that sqlx does not
 ///   know about (sqlx's own `begin_with` behaves the same way). Close the connection after such a
 ///   cancellation, or use the pool method.
-pub trait BeginXactLockExt: Sized + crate::session::sealed::Sealed {
+pub trait BeginXactLockExt: Sized + crate::sealed::Sealed {
     /// The transaction type: `Transaction<'static, Postgres>` for a pool,
     /// `Transaction<'c, Postgres>` for a borrowed connection.
     type Transaction;

@@ -7,14 +7,14 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::driver;
 use crate::error::Error;
-use crate::session::sealed;
+use crate::sealed::Sealed;
 
 /// Every advisory lock in the current database, for debugging a stuck lock: kept apart from the
 /// locking traits, it takes no lock and releases none.
 ///
 /// Implemented for `&PgPool` (one checkout for the query) and `&mut PgConnection` (and so
 /// `PoolConnection<Postgres>`, `Transaction<'_, Postgres>` and the guards, through deref).
-pub trait AdvisoryLocksExt: Sized + sealed::Sealed {
+pub trait AdvisoryLocksExt: Sized + Sealed {
     /// Every advisory lock in the current database, held or awaited, by any session, with who
     /// holds it (`pg_locks` + `pg_stat_activity`, see [`LockInfo`]).
     ///

@@ -62,6 +62,7 @@ mod session;
 mod xact;
 
 mod pool;
+mod sealed;
 
 mod locker;
 

@@ -11,12 +11,6 @@ use crate::driver::{self, Acquiring};
 use crate::error::{Error, classify, from_failure, refused};
 use crate::guard::LockGuard;
 
-pub(crate) mod sealed {
-    pub trait Sealed {}
-    impl Sealed for &sqlx::PgPool {}
-    impl Sealed for &mut sqlx::PgConnection {}
-}
-
 /// Session-level advisory locks (`pg_advisory_lock` and friends), held until the guard releases
 /// them or the session ends.
 ///
@@ -53,7 +47,7 @@ pub(crate) mod sealed {
 /// `PgConnection` with one open) every method returns [`Error::AlreadyInTransaction`] and sends
 /// nothing: if the transaction aborted, PostgreSQL would refuse the guard's unlock until it ended,
 /// and the lock would outlive its guard. Use [`XactLockExt`](crate::XactLockExt) there.
-pub trait LockExt: Sized + sealed::Sealed {
+pub trait LockExt: Sized + crate::sealed::Sealed {
     /// The guard that holds a lock taken through this type.
     type Guard;
 

@@ -28,7 +28,7 @@ use crate::error::{Error, from_failure, refused};
 /// Until then the connection still carries the in-flight request; sqlx reads its reply on the
 /// connection's next use. A timed attempt cancelled mid-flight may leave its savepoint behind
 /// (and, if it then timed out on the server, the transaction aborted); roll back in that case.
-pub trait XactLockExt: Sized + crate::session::sealed::Sealed {
+pub trait XactLockExt: Sized + crate::sealed::Sealed {
     advisory_common::__xact_methods! { decl async Error;
         /// Take the exclusive transaction lock on `key`, waiting as long as it takes.
         ///
