@@ -3,8 +3,8 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use advisory_common::sql::{self, Mode};
-use advisory_common::{Key, KeyValue, LockInfo, LockMode, Preset};
+use advisory_common::sql;
+use advisory_common::{Key, KeyValue, LockInfo, Preset};
 use serde_json::json;
 use sqlx::{PgConnection, Row as _};
 
@@ -12,20 +12,7 @@ use crate::args::{ListArgs, StatusArgs};
 use crate::conn;
 use crate::exit::{self, Failure};
 use crate::key::KeyArg;
-use crate::table;
-
-/// One advisory lock held or awaited, with everything `list` shows.
-#[derive(Debug)]
-pub struct Lock {
-    pub info: LockInfo,
-    pub client_addr: Option<String>,
-    pub session_age: Option<Duration>,
-    pub blocked_by: Vec<i32>,
-    /// The pids of the waiters this holder blocks (computed from every waiter's `blocked_by`).
-    pub blocking: Vec<i32>,
-    /// The name given with `--key`, and the presets under which it maps to this key.
-    pub name: Option<(String, Vec<&'static str>)>,
-}
+use crate::table::{self, Lock};
 
 /// Every advisory lock in the current database ([`sql::LOCKS_DETAIL_SQL`]).
 pub async fn fetch(conn: &mut PgConnection) -> Result<Vec<Lock>, Failure> {
@@ -189,17 +176,10 @@ pub fn describe_holder(l: &Lock) -> String {
     }
     format!(
         "is held ({}) by pid {} ({})",
-        mode_str(l.info.mode),
+        l.info.mode.as_str(),
         l.info.pid,
         parts.join(", ")
     )
-}
-
-pub fn mode_str(m: LockMode) -> &'static str {
-    match m {
-        LockMode::Exclusive => Mode::Exclusive.as_str(),
-        LockMode::Shared => Mode::Shared.as_str(),
-    }
 }
 
 fn secs(d: Option<Duration>) -> serde_json::Value {
@@ -217,7 +197,7 @@ pub fn to_json(l: &Lock) -> serde_json::Value {
         "objsubid": s,
         "name": l.name.as_ref().map(|n| &n.0),
         "presets": l.name.as_ref().map(|n| &n.1),
-        "mode": mode_str(i.mode),
+        "mode": i.mode.as_str(),
         "granted": i.granted,
         "state": if i.granted { "held" } else { "waiting" },
         "pid": i.pid,

@@ -2,7 +2,20 @@
 
 use std::time::Duration;
 
-use crate::list::{Lock, mode_str};
+use advisory_common::LockInfo;
+
+/// One advisory lock held or awaited, with everything `list` shows.
+#[derive(Debug)]
+pub struct Lock {
+    pub info: LockInfo,
+    pub client_addr: Option<String>,
+    pub session_age: Option<Duration>,
+    pub blocked_by: Vec<i32>,
+    /// The pids of the waiters this holder blocks (computed from every waiter's `blocked_by`).
+    pub blocking: Vec<i32>,
+    /// The name given with `--key`, and the presets under which it maps to this key.
+    pub name: Option<(String, Vec<&'static str>)>,
+}
 
 const HEADERS: [&str; 11] = [
     "KEY",
@@ -68,7 +81,7 @@ fn cells(l: &Lock) -> [String; 11] {
     };
     [
         key,
-        mode_str(i.mode).to_owned(),
+        i.mode.as_str().to_owned(),
         if i.granted { "held" } else { "waiting" }.to_owned(),
         i.pid.to_string(),
         dash(i.application_name.as_deref()),

@@ -14,7 +14,7 @@
 
 pub use advisory_common::schema::{INSTALL, UNINSTALL};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Creates (or replaces) `advisory_key(text)` and the view `advisory_locks` in the first schema
 /// of the session's `search_path`: [`INSTALL`] as one simple-protocol batch. Idempotent.
