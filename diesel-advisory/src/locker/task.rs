@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use advisory_common::locker::shell::{Batch, Driver, LockerError};
+use advisory_common::shell::{Batch, Driver, LockerError};
 use advisory_common::sql as csql;
 use advisory_common::{ErrorKind, Key, KeyValue, classify_sqlstate};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};

@@ -2,7 +2,7 @@
 //! in batches, waited for server-side without polling, and lost-lock notification.
 //!
 //! The decisions are made by the driver-independent engine in `advisory_common::locker`, and the
-//! session task, [`Lease`] and the lock methods are its tokio shell (`advisory_common::locker::shell`,
+//! session task, [`Lease`] and the lock methods are its tokio shell (`advisory_common::shell`,
 //! written once for both adapters); this module is only the sqlx I/O ([`task`]) and the
 //! constructors.
 
@@ -10,12 +10,12 @@ mod task;
 
 use std::ops::Deref;
 
-use advisory_common::locker::shell;
+use advisory_common::shell;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
 pub use shell::LockerOptions;
-pub use task::SqlxDriver;
+use task::SqlxDriver;
 
 use crate::Error;
 

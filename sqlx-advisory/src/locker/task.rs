@@ -5,12 +5,12 @@
 use std::io;
 use std::time::Duration;
 
-use advisory_common::locker::shell::{Batch, Driver, LockerError};
 use advisory_common::locker::sql as lsql;
+use advisory_common::shell::{Batch, Driver, LockerError};
 use advisory_common::sql as csql;
 use advisory_common::{ErrorKind, Key, KeyValue};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 
 use crate::Error;
 
@@ -58,6 +58,19 @@ macro_rules! bind_key {
     };
 }
 
+/// The one column of a batch statement's one row, its arrays bound.
+async fn fetch_batch<T>(s: &mut Session, b: Batch<'_>) -> Result<T, sqlx::Error>
+where
+    T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + Send + Unpin,
+{
+    let q = sqlx::query_scalar::<_, T>(b.sql).bind(b.codes).bind(b.keys);
+    let q = match b.pairs {
+        Some((x, y)) => q.bind(x).bind(y),
+        None => q,
+    };
+    q.fetch_one(&mut s.listener).await
+}
+
 impl Driver for SqlxDriver {
     type Error = Error;
     type DriverError = sqlx::Error;
@@ -90,25 +103,11 @@ impl Driver for SqlxDriver {
     }
 
     async fn batch(s: &mut Session, b: Batch<'_>) -> Result<Vec<i64>, sqlx::Error> {
-        let q = sqlx::query_scalar::<_, Vec<i64>>(b.sql)
-            .bind(b.codes)
-            .bind(b.keys);
-        let q = match b.pairs {
-            Some((x, y)) => q.bind(x).bind(y),
-            None => q,
-        };
-        q.fetch_one(&mut s.listener).await
+        fetch_batch(s, b).await
     }
 
     async fn batch_held(s: &mut Session, b: Batch<'_>) -> Result<Vec<bool>, sqlx::Error> {
-        let q = sqlx::query_scalar::<_, Vec<bool>>(b.sql)
-            .bind(b.codes)
-            .bind(b.keys);
-        let q = match b.pairs {
-            Some((x, y)) => q.bind(x).bind(y),
-            None => q,
-        };
-        q.fetch_one(&mut s.listener).await
+        fetch_batch(s, b).await
     }
 
     async fn execute(s: &mut Session, sql: &'static str) -> Result<(), sqlx::Error> {

@@ -3,7 +3,7 @@
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::LockerError;
-use super::task::Cmd;
+use super::cmd::Cmd;
 use crate::Key;
 use crate::sql::Mode;
 

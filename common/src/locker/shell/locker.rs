@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::task::{self, Cmd, Reply, Request};
+use super::cmd::{Cmd, Reply, Request};
+use super::task;
 use super::{Driver, Leadership, Lease, LockerError, LockerOptions, Note};
 use crate::Key;
 use crate::locker::Attempt;

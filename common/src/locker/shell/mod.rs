@@ -12,6 +12,7 @@
 //! [`Lease<Error>`] and [`Leadership<Error>`] over its own `Error`. You never name this module
 //! yourself: use the adapters' types.
 
+mod cmd;
 mod lease;
 mod locker;
 mod task;

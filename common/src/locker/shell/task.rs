@@ -8,50 +8,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
+use super::cmd::{Ack, Cmd, Pending, Reply, Request};
 use super::waiter::{self, IdleWaiters, Wait, WaitMsg};
 use super::{Batch, Driver, LockerError, LockerOptions, Note};
 use crate::locker::hash::FastMap;
-use crate::locker::{Attempt, Engine, Event, LeaseId, Op, sql as lsql};
-use crate::sql::{self as csql, Mode};
+use crate::locker::{Engine, Event, LeaseId, Op, sql as lsql};
+use crate::sql as csql;
 use crate::{ErrorKind, Key};
-
-/// Answers a release: `Ok` once the session no longer holds the key for the lease.
-pub(super) type Ack<E> = oneshot::Sender<Result<(), E>>;
-
-pub(super) enum Cmd<E> {
-    /// Ask for one key.
-    One(Request<E>),
-    /// Ask for these keys together (one command so that they ride one batch).
-    Request(Vec<Request<E>>),
-    /// Give up a lease or a request; `ack` fires once the session no longer holds it for this lease.
-    Release(LeaseId, Option<Ack<E>>),
-}
-
-impl<E> std::fmt::Debug for Cmd<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Cmd")
-    }
-}
-
-pub(super) struct Request<E> {
-    pub id: LeaseId,
-    pub key: Key,
-    pub mode: Mode,
-    pub attempt: Attempt,
-    pub reply: ReplyTx<E>,
-}
-
-/// Answers a request.
-type ReplyTx<E> = oneshot::Sender<Reply<E>>;
-
-/// A request or lease: its key, and the caller's reply channel until it is answered.
-type Pending<E> = (Key, Option<ReplyTx<E>>);
-
-pub(super) enum Reply<E> {
-    Granted(watch::Receiver<bool>),
-    Refused,
-    Failed(E),
-}
 
 struct Session<S> {
     /// First field, so dropped first: a session dropped with its task (the runtime shut down)
