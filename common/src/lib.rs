@@ -17,6 +17,9 @@
 //! promise: `sql` (every statement they send, as `&'static str` so drivers cache the prepared
 //! statement, keys always bound as parameters) and the SQLSTATE classification.
 //!
+//! With the `tokio` feature, [`shell`] is the lock service (`Locker`, `Lease`, `Leadership`)
+//! written once over a driver trait; the adapters' lockers are made of it.
+//!
 //! [`protocol`] is the lock protocol without I/O that every adapter drives: which statement to
 //! send next and what each answer means (grant-at-timeout check, savepoint and lock-then-`BEGIN`
 //! batches, what a failure leaves the connection fit for), so an adapter only does the I/O.
@@ -59,6 +62,8 @@ pub use error::{classify_sqlstate, sqlstate_from_message};
 pub use info::LockInfo;
 pub use key::{Key, KeySpace};
 pub use label::{KeyValue, LABEL_MAX, Labeled};
+#[cfg(feature = "tokio")]
+pub use locker::shell;
 pub use mode::LockMode;
 pub use namespace::Namespace;
 pub use preset::{ParsePresetError, Preset};

@@ -26,6 +26,8 @@
 //! like any lease).
 
 pub mod hash;
+#[cfg(feature = "tokio")]
+pub mod shell;
 pub mod sql;
 #[cfg(test)]
 mod tests;

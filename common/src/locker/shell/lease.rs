@@ -1,35 +1,51 @@
 //! [`Lease`] and [`Leadership`].
 
-use advisory_common::Key;
-use advisory_common::sql::Mode;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::task::Cmd;
-use crate::Error;
+use super::LockerError;
+use super::cmd::Cmd;
+use crate::Key;
+use crate::sql::Mode;
 
-/// A session lock held through a [`Locker`](super::Locker): owned, `'static + Send`.
+/// A session lock held through a [`Locker`](super::Locker): owned, `'static + Send`. `E` is the
+/// adapter's error type (`sqlx_advisory::Lease` is `Lease<sqlx_advisory::Error>`, likewise
+/// `diesel_advisory::Lease`).
 ///
 /// Drop releases it (the unlock rides the locker's next batch; no runtime needed to drop it);
 /// [`release`](Lease::release) releases it and waits for the server's answer. If the locker's
 /// session is lost the lease is lost with it: [`lost`](Lease::lost) resolves.
+///
+/// ```
+/// use advisory_common::shell::{Driver, Locker};
+///
+/// /// Work for a tenant until done or until its lock is lost.
+/// async fn serve<D: Driver>(locker: &Locker<D>, tenant: u32) -> Result<(), D::Error> {
+///     let lease = locker.lock(format!("tenant:{tenant}").as_str()).await?;
+///     tokio::select! {
+///         _ = lease.lost() => { /* stop working for this tenant */ }
+///         _ = async { /* work */ } => {}
+///     }
+///     lease.release().await
+/// }
+/// ```
 #[must_use = "dropping a lease releases the lock"]
 #[derive(Debug)]
-pub struct Lease {
+pub struct Lease<E> {
     id: u64,
     key: Key,
     mode: Mode,
-    tx: Option<mpsc::UnboundedSender<Cmd>>,
+    tx: Option<mpsc::UnboundedSender<Cmd<E>>>,
     lost: watch::Receiver<bool>,
 }
 
-impl Lease {
+impl<E: LockerError> Lease<E> {
     pub(super) fn new(
         id: u64,
         key: Key,
         mode: Mode,
-        tx: mpsc::UnboundedSender<Cmd>,
+        tx: mpsc::UnboundedSender<Cmd<E>>,
         lost: watch::Receiver<bool>,
-    ) -> Lease {
+    ) -> Lease<E> {
         Lease {
             id,
             key,
@@ -68,23 +84,23 @@ impl Lease {
 
     /// Release the lock and wait until the session no longer holds it for this lease (the unlock
     /// answered, or the hold went straight to the next local waiter).
-    /// [`Error::ConnectionLost`] if the lease was lost.
+    /// The adapter's `Error::ConnectionLost` if the lease was lost.
     ///
     /// # Cancel safety
     /// Cancel safe: the release has been handed to the locker at the first poll.
-    pub async fn release(mut self) -> Result<(), Error> {
+    pub async fn release(mut self) -> Result<(), E> {
         let (ack, rx) = oneshot::channel();
         let Some(tx) = self.tx.take() else {
             return Ok(());
         };
         if tx.send(Cmd::Release(self.id, Some(ack))).is_err() {
-            return Err(super::task_gone());
+            return Err(super::locker::task_gone());
         }
-        rx.await.unwrap_or_else(|_| Err(super::task_gone()))
+        rx.await.unwrap_or_else(|_| Err(super::locker::task_gone()))
     }
 }
 
-impl Drop for Lease {
+impl<E> Drop for Lease<E> {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Cmd::Release(self.id, None));
@@ -96,12 +112,12 @@ impl Drop for Lease {
 /// [`resign`](Leadership::resign) to step down.
 #[must_use = "dropping a leadership steps down"]
 #[derive(Debug)]
-pub struct Leadership {
-    lease: Lease,
+pub struct Leadership<E> {
+    lease: Lease<E>,
 }
 
-impl Leadership {
-    pub(super) fn new(lease: Lease) -> Leadership {
+impl<E: LockerError> Leadership<E> {
+    pub(super) fn new(lease: Lease<E>) -> Leadership<E> {
         Leadership { lease }
     }
 
@@ -122,7 +138,7 @@ impl Leadership {
     }
 
     /// Step down and wait for the unlock.
-    pub async fn resign(self) -> Result<(), Error> {
+    pub async fn resign(self) -> Result<(), E> {
         self.lease.release().await
     }
 }
