@@ -16,7 +16,7 @@ use tokio_postgres::Config;
 pub use shell::LockerOptions;
 use task::TokioPostgresDriver;
 
-use crate::Error;
+use crate::error::Error;
 
 /// A session lock held through a [`Locker`]: owned, `'static + Send`. Drop releases it (no
 /// runtime needed); `release().await` releases it and waits for the unlock; `lost()` resolves

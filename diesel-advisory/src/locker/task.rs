@@ -14,7 +14,7 @@ use tokio::task::AbortHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{CancelToken, Client, Config, NoTls, Row};
 
-use crate::Error;
+use crate::error::Error;
 
 /// The tokio-postgres side of a [`Locker`](super::Locker): the configuration of its connections.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use sqlx::postgres::PgConnectOptions;
 pub use shell::LockerOptions;
 use task::SqlxDriver;
 
-use crate::Error;
+use crate::error::Error;
 
 /// A session lock held through a [`Locker`]: owned, `'static + Send`. Drop releases it (no
 /// runtime needed); `release().await` releases it and waits for the unlock; `lost()` resolves

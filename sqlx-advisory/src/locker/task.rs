@@ -12,7 +12,7 @@ use advisory_common::{ErrorKind, Key, KeyValue};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 
-use crate::Error;
+use crate::error::Error;
 
 /// The sqlx side of a [`Locker`](super::Locker): the connect options of its connections.
 #[derive(Debug)]
