@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::{Key, LockMode};
+use crate::key::Key;
+
+use crate::mode::LockMode;
 
 /// One advisory lock held or awaited by some session, as returned by
 /// [`sql::LOCKS_SQL`](crate::sql::LOCKS_SQL): what a user debugging a stuck lock wants to see.

@@ -5,8 +5,8 @@
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use crate::Key;
 use crate::crc32::crc32;
+use crate::key::Key;
 
 impl Key {
     /// The key Ruby's [with_advisory_lock](https://github.com/ClosureTree/with_advisory_lock) gem

@@ -3,7 +3,7 @@
 //! source line by line (and, for npm advisory-lock, the package's own test vectors).
 
 use super::*;
-use crate::KeyValue;
+use crate::label::KeyValue;
 
 #[test]
 fn node_advisory_lock_vectors() {

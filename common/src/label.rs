@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use crate::Key;
+use crate::key::Key;
 
 /// How many bytes of a name a [`Labeled`] key keeps (longer names are cut at a character
 /// boundary and shown with `…`). Inline, so that [`Key`] stays `Copy` and allocation-free.

@@ -14,8 +14,8 @@
 //! All of them are session locks in the `bigint` space, and advisory locks are per database, so
 //! `granted(key)` in `pg_locks` of that database tells whether a run is in progress there.
 
-use crate::Key;
 use crate::crc32::crc32;
+use crate::key::Key;
 
 /// The key sqlx's migrator (`sqlx::migrate::Migrator::run`, `sqlx migrate run`) holds while it
 /// migrates the database named `database`: `0x3d32ad9e * crc32(database)` as `i64` (it never

@@ -2,7 +2,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::Key;
+use crate::key::Key;
 
 /// A namespace for string keys, so that two applications (or tenants) sharing one database cannot
 /// take each other's locks by choosing the same name.

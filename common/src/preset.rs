@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::Key;
+use crate::key::Key;
 
 /// A named string → key derivation: this project's own, sqlx's, or another ecosystem's library.
 ///

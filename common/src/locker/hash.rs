@@ -95,7 +95,7 @@ impl Hasher for FastHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Key;
+    use crate::key::Key;
 
     #[test]
     fn distinct_keys_spread_and_equal_keys_agree() {

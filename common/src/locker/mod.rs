@@ -36,8 +36,9 @@ use std::collections::VecDeque;
 
 use hash::FastMap;
 
+use crate::error::ErrorKind;
+use crate::key::Key;
 use crate::sql::Mode;
-use crate::{ErrorKind, Key};
 
 /// The `idle_session_timeout` a locker sets on its session so that the **server** ends it within a
 /// bound when this process can no longer reach it (a network cut): three times what the locker

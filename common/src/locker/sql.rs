@@ -1,8 +1,9 @@
 //! The lock service's statements. Keys travel as bound array parameters (see [`encode`]), never
 //! spliced into the text.
 
+use crate::key::{Key, KeySpace};
+use crate::label::KeyValue;
 use crate::sql::Mode;
-use crate::{Key, KeySpace, KeyValue};
 
 use super::Op;
 

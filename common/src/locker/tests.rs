@@ -1,5 +1,5 @@
 use super::*;
-use crate::KeyValue;
+use crate::label::KeyValue;
 
 const K: Key = Key::BigInt(1);
 const K2: Key = Key::BigInt(2);

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use super::outcome::{After, Answer, Failure, Finish, Step};
 use super::request::Request;
 use super::statement::{Prepared, Statement};
-use crate::ErrorKind;
+use crate::error::ErrorKind;
 use crate::sql::{self, Scope, Wait};
 
 /// How the acquire goes out.

@@ -2,7 +2,7 @@
 //! a request [`Finish`]es.
 
 use super::statement::Statement;
-use crate::ErrorKind;
+use crate::error::ErrorKind;
 
 /// A driver's reply to one [`Statement`], reduced to what the protocol needs. `E` is the driver's
 /// own error, carried through untouched so the adapter can wrap it.

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use crate::error::ErrorKind;
+use crate::key::Key;
+use crate::mode::LockMode;
 use crate::sql::Wait;
-use crate::{ErrorKind, Key, LockMode, TimeoutOutOfRange, timeout_millis};
+use crate::timeout::{TimeoutOutOfRange, timeout_millis};
 
 /// What a caller asked for: key, mode, and how long to wait. Built only with a timeout PostgreSQL
 /// can express, so a refused timeout never sends anything.

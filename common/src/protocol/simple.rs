@@ -3,8 +3,9 @@
 use super::outcome::Answer;
 use super::request::Request;
 use super::statement::{Prepared, StatementKind};
+use crate::key::Key;
+use crate::mode::LockMode;
 use crate::sql;
-use crate::{Key, LockMode};
 
 /// The release of one session-level hold: the prepared [`sql::unlock_sql`]; read its answer with
 /// [`released`].

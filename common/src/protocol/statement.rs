@@ -3,8 +3,9 @@
 
 use std::borrow::Cow;
 
+use crate::key::Key;
+use crate::mode::LockMode;
 use crate::sql::{self, Scope, Wait};
-use crate::{Key, LockMode};
 
 /// One statement to send.
 #[derive(Clone, Debug, PartialEq, Eq)]

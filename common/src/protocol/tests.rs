@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use super::*;
+use crate::error::ErrorKind;
+use crate::key::{Key, KeySpace};
+use crate::mode::LockMode;
 use crate::sql::{self, MODES, SPACES, Scope, WAITS, Wait};
-use crate::{ErrorKind, Key, KeySpace, LockMode};
 
 /// The answers a driver can give, with a label to tell them apart in failures.
 fn answers() -> Vec<Answer<&'static str>> {

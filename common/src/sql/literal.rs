@@ -7,7 +7,8 @@
 use std::fmt::Write as _;
 
 use super::{Mode, Scope, Wait, function_name};
-use crate::{Key, KeyValue};
+use crate::key::Key;
+use crate::label::KeyValue;
 
 /// The unlock as a self-contained simple-protocol statement with the key written as integers, for
 /// the paths that must queue a release without binding parameters (a guard's `Drop`). The key is

@@ -50,7 +50,7 @@
 //! * PostgreSQL's `lock_timeout` has millisecond resolution and `0` means "wait forever", so
 //!   [`crate::timeout_millis`] rounds up and never returns 0.
 
-use crate::KeySpace;
+use crate::key::KeySpace;
 
 mod literal;
 #[cfg(test)]
@@ -72,7 +72,7 @@ pub enum Scope {
 
 /// Exclusive or shared: the crate's one mode type, [`LockMode`](crate::LockMode), under the name
 /// the statement builders have always used.
-pub use crate::LockMode as Mode;
+pub use crate::mode::LockMode as Mode;
 
 /// How an acquire waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,7 +1,7 @@
 //! The statement texts, checked without a database (the integration tests run them all).
 
 use super::*;
-use crate::Key;
+use crate::key::Key;
 use std::collections::HashSet;
 
 fn params(sql: &str) -> usize {

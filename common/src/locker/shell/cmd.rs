@@ -2,7 +2,7 @@
 
 use tokio::sync::{oneshot, watch};
 
-use crate::Key;
+use crate::key::Key;
 use crate::locker::{Attempt, LeaseId};
 use crate::sql::Mode;
 

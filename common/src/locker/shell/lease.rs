@@ -4,7 +4,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::LockerError;
 use super::cmd::Cmd;
-use crate::Key;
+use crate::key::Key;
 use crate::sql::Mode;
 
 /// A session lock held through a [`Locker`](super::Locker): owned, `'static + Send`. `E` is the

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cmd::{Cmd, Reply, Request};
 use super::task;
 use super::{Driver, Leadership, Lease, LockerError, LockerOptions, Note};
-use crate::Key;
+use crate::key::Key;
 use crate::locker::Attempt;
 use crate::sql::Mode;
 

@@ -21,8 +21,9 @@ mod waiter;
 use std::fmt;
 use std::time::Duration;
 
+use crate::error::ErrorKind;
+use crate::key::Key;
 use crate::sql::Mode;
-use crate::{ErrorKind, Key};
 
 use super::LeaseId;
 

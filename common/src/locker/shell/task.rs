@@ -11,10 +11,11 @@ use tracing::Instrument;
 use super::cmd::{Ack, Cmd, Pending, Reply, Request};
 use super::waiter::{self, IdleWaiters, Wait, WaitMsg};
 use super::{Batch, Driver, LockerError, LockerOptions, Note};
+use crate::error::ErrorKind;
+use crate::key::Key;
 use crate::locker::hash::FastMap;
 use crate::locker::{Engine, Event, LeaseId, Op, sql as lsql};
 use crate::sql as csql;
-use crate::{ErrorKind, Key};
 
 struct Session<S> {
     /// First field, so dropped first: a session dropped with its task (the runtime shut down)

@@ -7,10 +7,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Driver;
+use crate::error::ErrorKind;
+use crate::key::Key;
 use crate::locker::WaitOutcome;
 use crate::locker::sql::wait_free_sql;
 use crate::sql::Mode;
-use crate::{ErrorKind, Key};
 
 /// How many idle waiter connections are kept for reuse.
 const IDLE_WAITERS: usize = 4;
