@@ -86,6 +86,9 @@ macro_rules! __lock_methods {
     (@out Option) => { ::core::option::Option<Self::Guard> };
     (@out Unit) => { () };
     (@out Bool) => { bool };
+    // A `try_` form returns the forwarded future itself (nothing to map).
+    (@finish async Option, $call:ident) => { $call };
+    (@finish async Bool, $call:ident) => { $call };
     (@finish async $out:ident, $call:ident) => {
         async move { $crate::__lock_methods!(@map $out, $call.await) }
     };
