@@ -1,4 +1,4 @@
-//! The [`Engine`]: the per-key state machine behind the [module docs](super) (local FIFO queues,
+//! The [`Engine`]: the per-key state machine behind the [module docs](crate::locker) (local FIFO queues,
 //! one server hold per key, batches, server-side waits).
 
 use std::collections::VecDeque;
@@ -41,7 +41,7 @@ struct Req {
     granted: bool,
 }
 
-/// The lock service's state: see the [module docs](self).
+/// The lock service's state: see the [module docs](crate::locker).
 #[derive(Debug, Default)]
 pub struct Engine {
     keys: FastMap<Key, KeyState>,
