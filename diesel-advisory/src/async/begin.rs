@@ -36,30 +36,19 @@ where
 }
 
 /// The four methods, declared (`decl`, with their docs) and implemented (`impl`, forwarding to
-/// [`run`] with the key converted before the future is built): the signature is written here once.
-/// The async twin of `crate::sync::begin`'s `begin_methods!`.
+/// [`run`] with the key converted before the future is built): the signature is written once, in
+/// `@sig`. The async twin of `crate::sync::begin`'s `begin_methods!`.
 macro_rules! begin_methods {
-    (decl $($(#[$doc:meta])* $name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+    // One signature, then `;` (a declaration) or the body; `self`, `key` and `f` come from the
+    // arm that writes the body (macro hygiene).
+    (@sig [$self:ident $key:ident $f:ident] [$(#[$doc:meta])*]
+        $name:ident($($timeout:ident)?) $end:tt) => {
         $(#[$doc])*
         fn $name<R, E, F>(
-            self,
-            key: impl Into<Key>,
+            $self,
+            $key: impl Into<Key>,
             $($timeout: Duration,)?
-            f: F,
-        ) -> impl Future<Output = Result<R, E>> + Send
-        where
-            for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
-                + AsyncFunc<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
-                + Send,
-            E: From<Error> + From<DieselError> + Send,
-            R: Send;
-    )*};
-    (impl $($name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
-        fn $name<R, E, F>(
-            self,
-            key: impl Into<Key>,
-            $($timeout: Duration,)?
-            f: F,
+            $f: F,
         ) -> impl Future<Output = Result<R, E>> + Send
         where
             for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
@@ -67,10 +56,16 @@ macro_rules! begin_methods {
                 + Send,
             E: From<Error> + From<DieselError> + Send,
             R: Send,
-        {
+        $end
+    };
+    (decl $($(#[$doc:meta])* $name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+        begin_methods!(@sig [self key f] [$(#[$doc])*] $name($($timeout)?) ;);
+    )*};
+    (impl $($name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+        begin_methods!(@sig [self key f] [] $name($($timeout)?) {
             let (wait, timeout) = begin_methods!(@wait $($timeout)?);
             run(self, key.into(), Mode::$mode, wait, timeout, f)
-        }
+        });
     )*};
     (@wait) => { (Wait::Block, None) };
     (@wait $timeout:ident) => { (Wait::Timeout, Some($timeout)) };

@@ -14,25 +14,33 @@ use super::driver::transaction_depth;
 use crate::error::{Error, classify};
 
 /// The four methods, declared (`decl`, with their docs) and implemented (`impl`, forwarding to
-/// [`run`] with the key converted first): the signature is written here once. The sync twin of
-/// `crate::r#async::begin`'s `begin_methods!`.
+/// [`run`] with the key converted first): the signature is written once, in `@sig`. The sync twin
+/// of `crate::r#async::begin`'s `begin_methods!`.
 macro_rules! begin_methods {
-    (decl $($(#[$doc:meta])* $name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+    // One signature, then `;` (a declaration) or the body; `self`, `key` and `f` come from the
+    // arm that writes the body (macro hygiene).
+    (@sig [$self:ident $key:ident $f:ident] [$(#[$doc:meta])*]
+        $name:ident($($timeout:ident)?) $end:tt) => {
         $(#[$doc])*
-        fn $name<T, E, F>(self, key: impl Into<Key>, $($timeout: Duration,)? f: F) -> Result<T, E>
-        where
-            F: FnOnce(&mut PgConnection) -> Result<T, E>,
-            E: From<Error> + From<DieselError>;
-    )*};
-    (impl $($name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
-        fn $name<T, E, F>(self, key: impl Into<Key>, $($timeout: Duration,)? f: F) -> Result<T, E>
+        fn $name<T, E, F>(
+            $self,
+            $key: impl Into<Key>,
+            $($timeout: Duration,)?
+            $f: F,
+        ) -> Result<T, E>
         where
             F: FnOnce(&mut PgConnection) -> Result<T, E>,
             E: From<Error> + From<DieselError>,
-        {
+        $end
+    };
+    (decl $($(#[$doc:meta])* $name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+        begin_methods!(@sig [self key f] [$(#[$doc])*] $name($($timeout)?) ;);
+    )*};
+    (impl $($name:ident($mode:ident $(, $timeout:ident)?);)*) => {$(
+        begin_methods!(@sig [self key f] [] $name($($timeout)?) {
             let (wait, timeout) = begin_methods!(@wait $($timeout)?);
             run(self, key.into(), Mode::$mode, wait, timeout, f)
-        }
+        });
     )*};
     (@wait) => { (Wait::Block, None) };
     (@wait $timeout:ident) => { (Wait::Timeout, Some($timeout)) };
