@@ -1,6 +1,7 @@
-//! Leader failover across OS processes for the **diesel-async** locker (as `failover` for sqlx): the
-//! leader is this test binary run again on `diesel_failover::leader_child`, killed with SIGKILL
-//! while it leads; the standby (this process) must lead within a second.
+// Leader failover across OS processes, run on each adapter's locker (included by
+// `tests/locker.rs` into `failover` and `diesel_failover`, which supply `make`, `leader`,
+// `CHILD` and `LEADER_ENV`): the leader is this test binary run again on `CHILD`, killed with
+// SIGKILL while it leads; the standby (this process) must lead within a second.
 
 use std::time::{Duration, Instant};
 
@@ -18,13 +19,8 @@ async fn a_killed_leader_process_is_replaced_by_the_standby_within_a_second() {
         unreachable!()
     };
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "diesel_failover::leader_child",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("DLOCKER_LEADER", format!("{url} {k}"))
+        .args(["--exact", CHILD, "--ignored", "--nocapture"])
+        .env(LEADER_ENV, format!("{url} {k}"))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -40,7 +36,7 @@ async fn a_killed_leader_process_is_replaced_by_the_standby_within_a_second() {
             break;
         }
     }
-    let standby = dlocker(&app("dlocker-standby"));
+    let standby = make(&app("locker-standby"));
     let s = standby.clone();
     let campaign = tokio::spawn(async move { s.campaign(key).await.unwrap() });
     until(&[key], Duration::from_secs(10), "the standby waits", |r| {
@@ -67,13 +63,11 @@ async fn a_killed_leader_process_is_replaced_by_the_standby_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run as a child process by a_killed_leader_process_is_replaced_by_the_standby_within_a_second"]
 async fn leader_child() {
-    let Ok(spec) = std::env::var("DLOCKER_LEADER") else {
+    let Ok(spec) = std::env::var(LEADER_ENV) else {
         return;
     };
     let (url, k) = spec.split_once(' ').unwrap();
-    let mut config: tokio_postgres::Config = url.parse().unwrap();
-    config.application_name("dlocker-leader-child");
-    let locker = diesel_advisory::Locker::with_config(config, Default::default());
+    let locker = leader(url);
     let leadership = locker.campaign(k.parse::<i64>().unwrap()).await.unwrap();
     println!("LEADING");
     leadership.lost().await;

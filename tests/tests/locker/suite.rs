@@ -1,5 +1,7 @@
-//! The diesel-async locker (same engine, tokio-postgres session): multiplexing, batching, local and server-side exclusion, timeouts,
-//! cancellation, lost-lock notification, lock_all, leader election.
+// The lock service's suite, run on each adapter's locker (included by `tests/locker.rs` into
+// `sqlx_locker` and `diesel_locker`, which supply `make`, `make_with`, `Error` and
+// `LockerOptions`): multiplexing, batching, local and server-side exclusion, timeouts,
+// cancellation, lost-lock notification, lock_all, leader election.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use advisory_common::{Key, LockMode};
 use advisory_tests::unique_key;
-use diesel_advisory::{Error, LockerOptions};
 use sqlx_advisory::prelude::*;
 
 use super::support::*;
@@ -21,7 +22,7 @@ fn keys(n: usize) -> Vec<Key> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_leases_live_on_one_session_and_drop_releases_them_all() {
     let app = app("locker-mux");
-    let locker = dlocker(&app);
+    let locker = make(&app);
     let ks = keys(1000);
     let mut tasks = Vec::new();
     for k in ks.clone() {
@@ -54,7 +55,7 @@ async fn a_thousand_leases_live_on_one_session_and_drop_releases_them_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_process_contenders_are_queued_locally_without_a_server_wait() {
-    let locker = dlocker(&app("locker-local"));
+    let locker = make(&app("locker-local"));
     let k = unique_key();
     let first = locker.lock(k).await.unwrap();
     assert!(
@@ -98,7 +99,7 @@ async fn same_process_contenders_are_queued_locally_without_a_server_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_leases_share_one_server_hold() {
-    let locker = dlocker(&app("locker-shared"));
+    let locker = make(&app("locker-shared"));
     let k = unique_key();
     let a = locker.lock_shared(k).await.unwrap();
     let b = locker.lock_shared(k).await.unwrap();
@@ -131,7 +132,7 @@ async fn shared_leases_share_one_server_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_held_elsewhere_is_waited_for_by_one_server_waiter_and_taken_on_release() {
     let app = app("locker-contended");
-    let locker = dlocker(&app);
+    let locker = make(&app);
     let k = unique_key();
     let pool = sqlx::PgPool::connect(advisory_tests::db().url())
         .await
@@ -169,7 +170,7 @@ async fn a_key_held_elsewhere_is_waited_for_by_one_server_waiter_and_taken_on_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_is_typed_and_leaves_no_server_waiter() {
-    let locker = dlocker(&app("locker-timeout"));
+    let locker = make(&app("locker-timeout"));
     let k = unique_key();
     let pool = sqlx::PgPool::connect(advisory_tests::db().url())
         .await
@@ -200,7 +201,7 @@ async fn a_timeout_is_typed_and_leaves_no_server_waiter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_acquires_at_random_moments_leak_nothing() {
-    let locker = dlocker(&app("locker-cancel"));
+    let locker = make(&app("locker-cancel"));
     let ks = keys(4);
     let pool = sqlx::PgPool::connect(advisory_tests::db().url())
         .await
@@ -238,7 +239,7 @@ async fn cancelled_acquires_at_random_moments_leak_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_resolves_when_the_session_backend_is_terminated_and_the_locker_recovers() {
-    let locker = dlocker(&app("locker-lost"));
+    let locker = make(&app("locker-lost"));
     let k = unique_key();
     let k2 = unique_key();
     let lease = locker.lock(k).await.unwrap();
@@ -269,7 +270,7 @@ async fn lost_resolves_when_the_session_backend_is_terminated_and_the_locker_rec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frequent_keepalives_keep_a_healthy_session_and_its_leases() {
-    let locker = dlocker_with(
+    let locker = make_with(
         &app("locker-keepalive"),
         LockerOptions::default()
             .keepalive(Some(Duration::from_millis(20)))
@@ -289,7 +290,7 @@ async fn frequent_keepalives_keep_a_healthy_session_and_its_leases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_all_is_one_batch_when_free_and_all_or_nothing_on_timeout() {
-    let locker = dlocker(&app("locker-all"));
+    let locker = make(&app("locker-all"));
     let mut ks = keys(5);
     let leases = locker.lock_all(ks.clone()).await.unwrap();
     ks.sort();
@@ -329,8 +330,8 @@ async fn lock_all_is_one_batch_when_free_and_all_or_nothing_on_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_leads_within_a_second_after_the_leader_is_killed() {
     let k = unique_key();
-    let leader = dlocker(&app("locker-leader"));
-    let standby = dlocker(&app("locker-standby"));
+    let leader = make(&app("locker-leader"));
+    let standby = make(&app("locker-standby"));
     let lead = leader.campaign(k).await.unwrap();
     let s = standby.clone();
     let campaign = tokio::spawn(async move { s.campaign(k).await.unwrap() });
@@ -357,7 +358,7 @@ async fn a_standby_leads_within_a_second_after_the_leader_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lead_runs_the_work_again_after_a_loss() {
     let k = unique_key();
-    let locker = dlocker(&app("locker-lead"));
+    let locker = make(&app("locker-lead"));
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let out = locker
@@ -389,7 +390,7 @@ fn a_lease_dropped_outside_any_runtime_or_after_shutdown_is_released() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (lease, lease2) = rt.block_on(async {
-        let locker = dlocker(&app("locker-rt"));
+        let locker = make(&app("locker-rt"));
         (
             locker.lock(k).await.unwrap(),
             locker.lock(k2).await.unwrap(),
