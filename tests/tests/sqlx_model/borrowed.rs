@@ -316,6 +316,9 @@ async fn attempt(
     ));
     let mut g = match res {
         None => {
+            // cancelled: granted or not, its undo is queued on `conn`; until the connection's
+            // next answer another session may still see the hold (I1)
+            w.maybe.insert((pid, k, mode));
             if blocked {
                 w.free(k).await; // let the server finish the wait
             }
